@@ -1,0 +1,30 @@
+# make demo · make test · make bench — each creates .venv on a fresh machine and installs first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip wheel
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/unimed demo --out demo-out
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/ingest.py --json benchmarks/out/ingest.json
+
+lint: install
+	$(VENV)/bin/ruff check unimed tests benchmarks train
+
+clean:
+	rm -rf demo-out benchmarks/out .pytest_cache

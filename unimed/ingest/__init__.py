@@ -1,0 +1,1 @@
+"""Stage 1: raw medical images to de-identified MDS shards."""

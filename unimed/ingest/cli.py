@@ -1,0 +1,146 @@
+"""The ``ingest`` command: convert, verify, inspect, merge.
+
+Thin: each subcommand parses flags, builds a config and calls one library function. A
+:class:`~unimed.errors.UserError` is printed as one line and exits 2; tracebacks are for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from unimed.errors import UserError
+
+__all__ = ["main", "parse_size"]
+
+
+def parse_size(text: str) -> str:
+    """Check a size such as ``64mb`` (streaming parses it); return it unchanged."""
+    t = text.strip().lower()
+    num = t.rstrip("kmgtb")
+    try:
+        float(num)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text}: a size like 64mb") from None
+    return t
+
+
+def _compression(text: str) -> str | None:
+    if text.lower() in ("none", "off", ""):
+        return None
+    if not text.startswith("zstd"):
+        raise argparse.ArgumentTypeError(f"{text}: use zstd[:LEVEL] or none")
+    return text
+
+
+def _convert_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert DICOM, NIfTI and images into MDS shards")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders (recursive) or globs")
+    p.add_argument("--out", required=True, help="output folder (MDS shards, index.json, summary.json, rejects.jsonl)")
+    p.add_argument("--modality", default="auto",
+                   help="xray|ct|mri|ultrasound|pathology|fundus|other, or auto (DICOM Modality; else reject)")
+    p.add_argument("--labels", metavar="CSV", help="label table: path column and labels (or 0/1 class columns)")
+    p.add_argument("--class-folders", action="store_true", help="label = first folder below each input folder")
+    p.add_argument("--captions", metavar="BANK.yaml", action="append", default=[], help="extra caption bank(s)")
+    p.add_argument("--source", dest="source_name", help="dataset name stored in each sample (default: input folder)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--codec", default="jpeg", choices=["jpeg", "png"])
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    p.add_argument("--max-size", dest="max_side", type=int, default=512,
+                   help="longer side of stored images in pixels (default 512; 0 keeps the original)")
+    p.add_argument("--bits", type=int, default=8, choices=[8, 16], help="16 keeps 16-bit PNG output")
+    p.add_argument("--size-limit", type=parse_size, default="64mb", help="shard size before compression")
+    p.add_argument("--compression", type=_compression, default="zstd:3", help="zstd[:LEVEL] or none")
+    p.add_argument("--num-shards", type=int, default=1, help="split the job over K machines")
+    p.add_argument("--shard-index", type=int, default=0, help="this machine's part, 0..K-1")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--strict", action="store_true", help="exit non-zero if any input was rejected")
+    p.add_argument("--window", default="auto",
+                   help="auto, file, a named HU window (soft_tissue, lung, bone, brain, ...), C:W, or 3 as channels")
+    p.add_argument("--axis", default="auto", help="volumes: auto (acquisition plane), axial, coronal, sagittal")
+    p.add_argument("--allow-burned-in", action="store_true",
+                   help="accept images that may carry burned-in text (only for archives already cleaned)")
+    p.add_argument("--uid-key-file", help="secret key of the uid hash (default: $UNIMED_UID_KEY or ~/.config/unimed)")
+    p.add_argument("--chunk-mb", type=float, default=64.0, help="input megabytes per resumable chunk")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from unimed.ingest.convert import ConvertConfig, convert
+
+    fields = {k: v for k, v in vars(args).items() if k not in ("cmd", "func")}
+    cfg = ConvertConfig(**fields)
+    summary = convert(cfg, echo=lambda s: print(s, file=sys.stderr))
+    mods = ", ".join(f"{k} {v}" for k, v in summary["modality"].items()) or "none"
+    print(f"converted {summary['images']} images ({mods}) into {cfg.out}; "
+          f"{summary['rejects']} rejected (see rejects.jsonl); {summary['images_per_second']} img/s")
+    return 1 if (cfg.strict and summary["rejects"]) else 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from unimed.ingest.verify import verify
+
+    faults, counts = verify(args.dir, decode=not args.no_decode)
+    for f in faults:
+        print(f"fault {f}", file=sys.stderr)
+    print(f"{'FAIL' if faults else 'OK'}: {counts['samples']} samples in {counts['shards']} shards, "
+          f"{len(faults)} faults")
+    return 1 if faults else 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from unimed.ingest.inspect import inspect
+
+    info = inspect(args.dir, sheet=args.sheet, per_modality=args.per_modality, seed=args.seed)
+    print(json.dumps({k: info[k] for k in ("samples", "modality", "source")}, indent=2))
+    print(f"contact sheet: {info['sheet']}")
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from unimed.ingest.convert import _write_summary, merge
+
+    summary = merge(args.dir)
+    _write_summary(args.dir, summary)
+    print(f"merged {summary['chunks']} chunk folders: {summary['images']} images")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ingest`` argument parser."""
+    parser = argparse.ArgumentParser(prog="ingest", description="Medical images into MDS shards for CLIP training.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    _convert_parser(sub)
+    sub.choices["convert"].set_defaults(func=_cmd_convert)
+    v = sub.add_parser("verify", help="re-hash shards, decode every image, check schema and counts")
+    v.add_argument("dir")
+    v.add_argument("--no-decode", action="store_true", help="hashes and schema only")
+    v.set_defaults(func=_cmd_verify)
+    i = sub.add_parser("inspect", help="counts per modality and source, and a contact sheet PNG")
+    i.add_argument("dir")
+    i.add_argument("--sheet", help="contact sheet path (default DIR/contact_sheet.png)")
+    i.add_argument("--per-modality", type=int, default=6, help="images per modality on the sheet")
+    i.add_argument("--seed", type=int, default=0)
+    i.set_defaults(func=_cmd_inspect)
+    m = sub.add_parser("merge", help="merge the chunk folders of DIR (e.g. the parts of a split job)")
+    m.add_argument("dir")
+    m.set_defaults(func=_cmd_merge)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``ingest``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UserError as exc:
+        print(f"ingest: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ingest: interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,435 @@
+"""``ingest convert``: find inputs, plan tasks, convert chunks in worker processes, merge, summarize.
+
+The job is deterministic: the same inputs and options give the same tasks in the same chunks, so a
+killed run restarted with ``--resume`` redoes only the chunks that never completed and ends with the
+same samples as an uninterrupted run. ``--num-shards K --shard-index I`` gives machine I the I-th
+contiguous part of the task list; its chunk folders are named ``pIII-cNNNNN`` so parts from several
+machines can be copied into one folder and merged with ``ingest merge``.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unimed.errors import RejectError, UserError, safe_reason
+from unimed.ingest.deid import load_uid_key
+from unimed.ingest.labels import LabelTable
+from unimed.ingest.sources.base import Options, Task, registry
+from unimed.ingest.writer import DONE_FILE, ChunkSpec, WriteOptions, process_chunk
+from unimed.schema import MODALITIES
+
+__all__ = ["ConvertConfig", "convert", "discover", "plan", "merge"]
+
+STATE_DIR = ".unimed"
+
+
+@dataclass
+class ConvertConfig:
+    """Everything ``ingest convert`` takes (the CLI flags)."""
+
+    inputs: list[str]
+    out: str
+    modality: str = "auto"
+    labels: str | None = None
+    class_folders: bool = False
+    captions: list[str] = field(default_factory=list)
+    source_name: str | None = None
+    workers: int = 1
+    codec: str = "jpeg"
+    quality: int = 90
+    max_side: int = 512
+    bits: int = 8
+    size_limit: str = "64mb"
+    compression: str | None = "zstd:3"
+    num_shards: int = 1
+    shard_index: int = 0
+    resume: bool = False
+    strict: bool = False
+    window: str = "auto"
+    axis: str = "auto"
+    allow_burned_in: bool = False
+    uid_key_file: str | None = None
+    chunk_mb: float = 64.0
+    progress: bool = True
+
+    def check(self) -> None:
+        """Raise UserError for contradictory or impossible options."""
+        if self.modality != "auto" and self.modality not in MODALITIES:
+            raise UserError(f"--modality {self.modality}: use auto or one of {', '.join(MODALITIES)}")
+        if self.codec not in ("jpeg", "png"):
+            raise UserError(f"--codec {self.codec}: use jpeg or png")
+        if self.bits not in (8, 16) or (self.bits == 16 and self.codec != "png"):
+            raise UserError("--bits 16 needs --codec png (JPEG holds 8 bits)")
+        if not 1 <= self.quality <= 100:
+            raise UserError(f"--quality {self.quality}: use 1..100")
+        if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
+            raise UserError(f"--shard-index {self.shard_index} must lie in 0..{self.num_shards - 1}")
+        if self.workers < 1:
+            raise UserError("--workers must be at least 1")
+        try:
+            from unimed.ingest.intensity import parse_windows
+
+            parse_windows(self.window)
+        except ValueError as exc:
+            raise UserError(f"--window: {exc}") from None
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+def discover(inputs: list[str], out: str) -> list[tuple[str, str]]:
+    """Expand files, folders (recursive) and globs into sorted (file, input root) pairs."""
+    out_abs = os.path.abspath(out)
+    found: dict[str, str] = {}
+    for arg in inputs:
+        matches = sorted(glob.glob(arg, recursive=True)) if any(c in arg for c in "*?[") else [arg]
+        if not matches or not os.path.exists(matches[0]):
+            raise UserError(f"{arg}: no such file or folder")
+        for m in matches:
+            if os.path.isdir(m):
+                root = os.path.abspath(m)
+                for dirpath, dirnames, filenames in os.walk(m):
+                    dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                                         and os.path.abspath(os.path.join(dirpath, d)) != out_abs)
+                    for f in sorted(filenames):
+                        if not f.startswith("."):
+                            found.setdefault(os.path.abspath(os.path.join(dirpath, f)), root)
+            else:
+                found.setdefault(os.path.abspath(m), os.path.dirname(os.path.abspath(m)))
+    return sorted(found.items())
+
+
+def _probe_and_plan(args: tuple[str, str, Options]) -> tuple[list[Task], dict | None]:
+    path, _root, opts = args
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(256)
+    except OSError as exc:
+        return [], {"path": path, "reason": f"cannot open ({exc.strerror})"}
+    tried = []
+    for name, source in registry().items():
+        if not source.probe(p, head):
+            tried.append(f"{name}: not its format")
+            continue
+        missing = source.missing()
+        if missing:
+            return [], {"path": path, "reason": f"{name} source needs package(s) {', '.join(missing)}"}
+        try:
+            tasks = source.plan(p, opts)
+        except RejectError as exc:
+            return [], {"path": path, "reason": exc.reason}
+        except Exception as exc:
+            return [], {"path": path, "reason": safe_reason(exc)}
+        return (tasks if isinstance(tasks, list) else [tasks]), None
+    return [], {"path": path, "reason": "no source recognized the file (tried " + "; ".join(tried) + ")"}
+
+
+def plan(cfg: ConvertConfig, opts: Options, pool: Any = None) -> tuple[list[Task], list[dict]]:
+    """All tasks of the job (before the split across machines) and the planning rejects."""
+    files = discover(cfg.inputs, cfg.out)
+    if not files:
+        raise UserError("no input files found in " + " ".join(cfg.inputs))
+    table = LabelTable(cfg.labels) if cfg.labels else None
+    args = [(f, root, opts) for f, root in files]
+    results = pool.map(_probe_and_plan, args, chunksize=32) if pool is not None else map(_probe_and_plan, args)
+    tasks: list[Task] = []
+    rejects: list[dict] = []
+    roots = dict(files)
+    for tlist, reject in results:
+        if reject is not None:
+            rejects.append(reject)
+        tasks.extend(tlist)
+    for t in tasks:
+        root = roots.get(t.name, os.path.dirname(t.name))
+        t.extra["source_name"] = cfg.source_name or os.path.basename(root.rstrip("/")) or "unknown"
+        if cfg.class_folders:
+            rel = os.path.relpath(t.name, root).split(os.sep)
+            if len(rel) > 1:
+                t.extra["labels"] = [rel[0]]
+        if table is not None:
+            hit = table.lookup(t.name)
+            if hit is not None:
+                t.extra["labels"] = hit.labels
+                if hit.modality:
+                    if hit.modality not in MODALITIES:
+                        raise UserError(f"{cfg.labels}: modality {hit.modality} is not one of {', '.join(MODALITIES)}")
+                    t.extra["modality"] = hit.modality
+    # Per-source grouping (DICOM series ordering) and duplicate DICOM instances.
+    for name, source in registry().items():
+        group = getattr(source, "group", None)
+        if group is not None:
+            group([t for t in tasks if t.source == name])
+    seen: dict[str, str] = {}
+    unique: list[Task] = []
+    for t in sorted(tasks, key=lambda t: t.name):
+        sop = t.extra.get("sop")
+        if sop and sop in seen:
+            rejects.append({"path": t.name, "reason": "duplicate DICOM instance (same SOP Instance UID as another input)"})
+            continue
+        if sop:
+            seen[sop] = t.name
+        unique.append(t)
+    return unique, rejects
+
+
+def _chunks(tasks: list[Task], prefix: str, chunk_mb: float, max_tasks: int = 4096) -> list[ChunkSpec]:
+    target = max(chunk_mb, 0.001) * 1e6
+    out: list[ChunkSpec] = []
+    cur: list[Task] = []
+    weight = 0
+    for t in tasks:
+        cur.append(t)
+        weight += t.weight
+        if weight >= target or len(cur) >= max_tasks:
+            out.append(ChunkSpec(f"{prefix}-c{len(out):05d}", cur))
+            cur, weight = [], 0
+    if cur:
+        out.append(ChunkSpec(f"{prefix}-c{len(out):05d}", cur))
+    return out
+
+
+def _fingerprint(cfg: ConvertConfig, tasks: list[Task]) -> str:
+    keep = {k: v for k, v in asdict(cfg).items() if k not in ("workers", "resume", "strict", "progress", "out")}
+    h = hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode())
+    for t in tasks:
+        h.update(f"{t.paths}|{t.weight}\n".encode())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- running
+
+_QUEUE: Any = None
+
+
+def _init_worker(queue: Any) -> None:
+    global _QUEUE
+    _QUEUE = queue
+
+
+def _report_to_queue(n: int, rejects: list[dict]) -> None:
+    _QUEUE.put((n, rejects))
+
+
+def _run_chunk(args: tuple) -> dict:
+    out, spec, opts, wopts, key = args
+    return process_chunk(out, spec, opts, wopts, key, report=_report_to_queue)
+
+
+def _done_chunks(out: str) -> dict[str, dict]:
+    done = {}
+    for d in sorted(os.listdir(out)):
+        f = os.path.join(out, d, DONE_FILE)
+        if os.path.isfile(f) and os.path.isfile(os.path.join(out, d, "index.json")):
+            with open(f) as fh:
+                done[d] = json.load(fh)
+    return done
+
+
+def merge(out: str) -> dict:
+    """Merge the index of every complete chunk folder into ``<out>/index.json`` and write the summary.
+
+    Also the command ``ingest merge DIR`` after copying the parts of a split job into one folder.
+    """
+    from streaming.base.util import merge_index
+
+    if not os.path.isdir(out):
+        raise UserError(f"{out}: no such folder")
+    done = _done_chunks(out)
+    index_files = [os.path.join(out, d, "index.json") for d in done]
+    if index_files:
+        import logging
+
+        quiet = [logging.getLogger(n) for n in ("", "streaming")]
+        levels = [lg.level for lg in quiet]
+        for lg in quiet:
+            lg.setLevel(logging.ERROR)
+        try:
+            merge_index(index_files, out, keep_local=True)
+        finally:
+            for lg, lv in zip(quiet, levels):
+                lg.setLevel(lv)
+    else:  # every input was rejected: an empty but valid dataset
+        with open(os.path.join(out, "index.json"), "w") as fh:
+            json.dump({"version": 2, "shards": []}, fh)
+    rejects: list[dict] = []
+    state = os.path.join(out, STATE_DIR)
+    for f in sorted(glob.glob(os.path.join(state, "plan-rejects-*.jsonl"))):
+        with open(f) as fh:
+            rejects.extend(json.loads(line) for line in fh if line.strip())
+    modality: Counter = Counter()
+    source: Counter = Counter()
+    secs: Counter = Counter()
+    images = image_bytes = tasks = 0
+    for stats in done.values():
+        rejects.extend(stats["rejects"])
+        modality.update(stats["modality"])
+        source.update(stats["source"])
+        secs.update(stats["seconds"])
+        images += stats["images"]
+        image_bytes += stats["image_bytes"]
+        tasks += stats["tasks"]
+    shard_bytes = sum(
+        os.path.getsize(os.path.join(dp, f)) for d in done for dp, _, fs in os.walk(os.path.join(out, d)) for f in fs
+        if ".mds" in f
+    )
+    with open(os.path.join(out, "rejects.jsonl.tmp"), "w") as fh:
+        for r in sorted(rejects, key=lambda r: r["path"]):
+            fh.write(json.dumps(r) + "\n")
+    os.replace(os.path.join(out, "rejects.jsonl.tmp"), os.path.join(out, "rejects.jsonl"))
+    summary = {
+        "images": images,
+        "tasks": tasks,
+        "rejects": len(rejects),
+        "chunks": len(done),
+        "modality": dict(sorted(modality.items())),
+        "source": dict(sorted(source.items())),
+        "image_bytes": image_bytes,
+        "shard_bytes": shard_bytes,
+        "bytes_per_image": round(image_bytes / images, 1) if images else 0,
+        "worker_seconds": {k: round(v, 3) for k, v in sorted(secs.items())},
+    }
+    return summary
+
+
+def _write_summary(out: str, summary: dict) -> None:
+    tmp = os.path.join(out, "summary.json.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(summary, fh, indent=2)
+    os.replace(tmp, os.path.join(out, "summary.json"))
+
+
+def convert(cfg: ConvertConfig, echo: Any = print) -> dict:
+    """Run the whole conversion; return the summary (also written to ``<out>/summary.json``)."""
+    cfg.check()
+    start = time.perf_counter()
+    opts = Options(modality=cfg.modality, window=cfg.window, axis=cfg.axis,
+                   allow_burned_in=cfg.allow_burned_in, bits=cfg.bits)
+    wopts = WriteOptions(codec=cfg.codec, quality=cfg.quality, max_side=cfg.max_side,
+                         compression=cfg.compression, size_limit=cfg.size_limit, banks=list(cfg.captions))
+    from unimed.ingest.captions import CaptionEngine
+
+    CaptionEngine(wopts.banks)  # a broken bank is a UserError now, not a reject per image later
+    key = load_uid_key(cfg.uid_key_file)
+    out = cfg.out
+    state = os.path.join(out, STATE_DIR)
+    prefix = f"p{cfg.shard_index:03d}"
+    if os.path.isdir(out) and os.listdir(out) and not cfg.resume:
+        raise UserError(f"{out} is not empty: pass --resume to continue an interrupted run, or choose a new --out")
+    os.makedirs(state, exist_ok=True)
+
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    queue = ctx.Queue() if cfg.workers > 1 else None
+    pool = ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(queue,)) if cfg.workers > 1 else None
+    try:
+        all_tasks, plan_rejects = plan(cfg, opts, pool)
+        n = len(all_tasks)
+        lo, hi = cfg.shard_index * n // cfg.num_shards, (cfg.shard_index + 1) * n // cfg.num_shards
+        tasks = all_tasks[lo:hi]
+        fp = _fingerprint(cfg, all_tasks)
+        plan_file = os.path.join(state, f"plan-{prefix}.json")
+        if cfg.resume and os.path.isfile(plan_file):
+            with open(plan_file) as fh:
+                if json.load(fh).get("fingerprint") != fp:
+                    raise UserError(f"{out}: inputs or options differ from the interrupted run; use a new --out")
+        with open(plan_file, "w") as fh:
+            json.dump({"fingerprint": fp, "tasks": len(tasks)}, fh)
+        if cfg.shard_index == 0 or cfg.num_shards == 1:  # planning rejects are reported once
+            with open(os.path.join(state, f"plan-rejects-{prefix}.jsonl"), "w") as fh:
+                for r in plan_rejects:
+                    fh.write(json.dumps(r) + "\n")
+            for r in plan_rejects:
+                echo(f"reject {r['path']}: {r['reason']}")
+        for d in os.listdir(out):  # partial chunks of a killed run
+            if d.endswith(".tmp"):
+                shutil.rmtree(os.path.join(out, d), ignore_errors=True)
+        chunks = _chunks(tasks, prefix, cfg.chunk_mb)
+        done = _done_chunks(out)
+        todo = [c for c in chunks if c.name not in done]
+        total_tasks = sum(len(c.tasks) for c in todo)
+        bar = _progress(cfg.progress, total_tasks)
+        if pool is None:
+            for spec in todo:
+                process_chunk(out, spec, opts, wopts, key, report=lambda k, rj: _tick(bar, k, rj, echo))
+        else:
+            pending = [pool.apply_async(_run_chunk, ((out, spec, opts, wopts, key),)) for spec in todo]
+            while pending:
+                _drain(queue, bar, echo, timeout=0.2)
+                still = []
+                for r in pending:
+                    if r.ready():
+                        r.get()  # re-raise a worker crash (a bug) here
+                    else:
+                        still.append(r)
+                pending = still
+            _drain(queue, bar, echo, timeout=0.0)
+        bar.close()
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    summary = merge(out)
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    summary["images_per_second"] = round(summary["images"] / summary["seconds"], 2) if summary["seconds"] else 0
+    _write_summary(out, summary)
+    return summary
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, s: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(enabled: bool, total: int) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="file", desc="convert", dynamic_ncols=True, file=sys.stderr)
+    bar.images = 0  # type: ignore[attr-defined]
+    bar.t0 = time.perf_counter()  # type: ignore[attr-defined]
+    return bar
+
+
+def _tick(bar: Any, n: int, rejects: list[dict], echo: Any) -> None:
+    bar.update(1)
+    if hasattr(bar, "images"):
+        bar.images += n
+        rate = bar.images / max(time.perf_counter() - bar.t0, 1e-9)
+        bar.set_postfix_str(f"{bar.images} img, {rate:.1f} img/s")
+    for r in rejects:
+        line = f"reject {r['path']}: {r['reason']}"
+        if hasattr(bar, "write"):
+            bar.write(line, file=sys.stderr)
+        else:
+            echo(line)
+
+
+def _drain(queue: Any, bar: Any, echo: Any, timeout: float) -> None:
+    import queue as q
+
+    try:
+        n, rj = queue.get(timeout=timeout) if timeout else queue.get_nowait()
+        _tick(bar, n, rj, echo)
+        while True:
+            n, rj = queue.get_nowait()
+            _tick(bar, n, rj, echo)
+    except q.Empty:
+        pass

@@ -1,0 +1,157 @@
+"""De-identification by allow-list.
+
+Nothing from a DICOM header reaches a shard, a caption, ``summary.json``, ``rejects.jsonl`` or a log
+unless it is read through :func:`allowed_meta` (or one of the structural attributes that decide how
+pixels are decoded, which are not identifying). Private tags are never read. ``uid`` is a keyed hash
+(HMAC-SHA256) of the image's identity, so it is stable across runs with the same key and cannot be
+linked back to a UID without the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+from unimed.errors import RejectError, UserError
+
+__all__ = [
+    "ALLOWED_TAGS",
+    "BURNED_IN_PRONE_MODALITIES",
+    "SECONDARY_CAPTURE_CLASSES",
+    "allowed_meta",
+    "check_burned_in",
+    "load_uid_key",
+    "keyed_uid",
+]
+
+_CODE = re.compile(r"^[A-Z0-9 _\-]{1,32}$")
+
+
+def _code(value: Any) -> str | None:
+    """A short coded string (CS-like), or None when it looks like free text."""
+    text = str(value).strip().upper()
+    return text if _CODE.match(text) else None
+
+
+def _floats(value: Any) -> list[float] | None:
+    try:
+        seq = list(value) if hasattr(value, "__iter__") and not isinstance(value, str) else [value]
+        return [round(float(v), 6) for v in seq][:3]
+    except (TypeError, ValueError):
+        return None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+#: DICOM keyword -> (meta key, sanitizer). The only header attributes that reach a shard.
+ALLOWED_TAGS: dict[str, tuple[str, Any]] = {
+    "Modality": ("dicom_modality", _code),
+    "BodyPartExamined": ("body_part", _code),
+    "ViewPosition": ("view_position", _code),
+    "ImageLaterality": ("laterality", _code),
+    "PhotometricInterpretation": ("photometric", _code),
+    "BitsStored": ("bits_stored", _int),
+    "Rows": ("rows", _int),
+    "Columns": ("columns", _int),
+    "PixelSpacing": ("pixel_spacing", _floats),
+    "SliceThickness": ("slice_thickness", _floats),
+}
+
+#: Modalities whose images commonly carry burned-in text (PHI) in the pixels.
+BURNED_IN_PRONE_MODALITIES = frozenset({"US", "OT", "SC", "XA", "RF", "ES", "GM", "XC", "DOC", "IVUS", "ECG"})
+
+#: SOP classes of secondary captures (screenshots, scanned documents, exported images).
+SECONDARY_CAPTURE_CLASSES = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.7",
+        "1.2.840.10008.5.1.4.1.1.7.1",
+        "1.2.840.10008.5.1.4.1.1.7.2",
+        "1.2.840.10008.5.1.4.1.1.7.3",
+        "1.2.840.10008.5.1.4.1.1.7.4",
+        "1.2.840.10008.5.1.4.1.1.104.1",  # encapsulated PDF
+    }
+)
+
+
+def allowed_meta(ds: Any) -> dict[str, Any]:
+    """The allow-listed, sanitized header facts of a dataset (never private tags, never free text)."""
+    meta: dict[str, Any] = {}
+    for keyword, (key, clean) in ALLOWED_TAGS.items():
+        value = ds.get(keyword)
+        if value is None or value == "":
+            continue
+        cleaned = clean(value)
+        if cleaned is not None:
+            meta[key] = cleaned
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is not None:
+        meta["transfer_syntax"] = str(ts.name) if hasattr(ts, "name") else str(ts)
+    return meta
+
+
+def check_burned_in(ds: Any, allow: bool) -> None:
+    """Reject a file that has, or may have, text burned into its pixels.
+
+    BurnedInAnnotation YES is always rejected unless ``allow``; secondary captures and modalities
+    prone to burned-in text are rejected unless the file states BurnedInAnnotation NO.
+    """
+    if allow:
+        return
+    flag = str(ds.get("BurnedInAnnotation", "")).strip().upper()
+    if flag == "YES":
+        raise RejectError("BurnedInAnnotation is YES (pixels carry text); pass --allow-burned-in if cleaned")
+    if flag == "NO":
+        return
+    sop = str(ds.get("SOPClassUID", ""))
+    modality = _code(ds.get("Modality", "")) or ""
+    if sop in SECONDARY_CAPTURE_CLASSES:
+        raise RejectError(
+            "secondary capture without BurnedInAnnotation NO (may carry burned-in text); "
+            "pass --allow-burned-in if the archive was cleaned"
+        )
+    if modality in BURNED_IN_PRONE_MODALITIES:
+        raise RejectError(
+            f"{modality} image without BurnedInAnnotation NO (may carry burned-in text); "
+            "pass --allow-burned-in if the archive was cleaned"
+        )
+
+
+def load_uid_key(path: str | None = None) -> bytes:
+    """The secret key of the keyed uid hash.
+
+    From ``path`` (``--uid-key-file``), else ``$UNIMED_UID_KEY`` (hex or text), else a per-user key
+    file ``~/.config/unimed/uid.key`` created on first use. Keep it out of the shards: whoever has it
+    can test a guessed identifier against a uid. Share it between machines of one split job.
+    """
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"{path}: uid key file not found")
+        return p.read_bytes().strip()
+    env = os.environ.get("UNIMED_UID_KEY")
+    if env:
+        return env.encode()
+    home = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "unimed"
+    key_file = home / "uid.key"
+    if not key_file.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        tmp = key_file.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(secrets.token_hex(32))
+        tmp.chmod(0o600)
+        os.replace(tmp, key_file)
+    return key_file.read_bytes().strip()
+
+
+def keyed_uid(key: bytes, identity: str) -> str:
+    """A 32-hex-digit keyed hash of an image identity (stable, unique, not reversible without key)."""
+    return hmac.new(key, identity.encode(), hashlib.sha256).hexdigest()[:32]

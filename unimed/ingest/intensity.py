@@ -1,0 +1,160 @@
+"""Intensity transforms from stored values to display images, and the resize/encode step.
+
+The documented transform, applied in this order (tests check shards against it):
+
+1. stored values → physical values (DICOM modality LUT or rescale slope/intercept: Hounsfield for CT);
+2. physical values → [0, 1] by a window (``center``, ``width``, DICOM linear formula), by a VOI LUT,
+   or by percentiles (0.5–99.5 by default) where no window applies;
+3. MONOCHROME1 is inverted after windowing (so bone is always bright);
+4. [0, 1] → uint8 (or uint16 for 16-bit PNG) by rounding ``x * (2**bits - 1)``;
+5. resized so the longer side is at most ``max_side`` (Lanczos), then encoded as JPEG or PNG.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "HU_WINDOWS",
+    "parse_windows",
+    "apply_window",
+    "percentile_scale",
+    "to_uint",
+    "is_empty",
+    "resize_max",
+    "encode",
+]
+
+#: Named Hounsfield windows (center, width) for CT.
+HU_WINDOWS: dict[str, tuple[float, float]] = {
+    "soft_tissue": (40.0, 400.0),
+    "abdomen": (60.0, 400.0),
+    "mediastinum": (50.0, 350.0),
+    "lung": (-600.0, 1500.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+    "subdural": (75.0, 215.0),
+    "liver": (60.0, 160.0),
+}
+
+DEFAULT_CT_WINDOW = "soft_tissue"
+
+
+def parse_windows(spec: str) -> list[tuple[float, float]] | None:
+    """Parse ``--window``: ``auto``/``file`` give None; else 1 or 3 names or ``C:W`` pairs.
+
+    >>> parse_windows("lung,mediastinum,bone")[0]
+    (-600.0, 1500.0)
+    """
+    if spec in ("auto", "file"):
+        return None
+    out: list[tuple[float, float]] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if part in HU_WINDOWS:
+            out.append(HU_WINDOWS[part])
+        elif ":" in part:
+            c, w = part.split(":", 1)
+            out.append((float(c), float(w)))
+        else:
+            known = ", ".join(sorted(HU_WINDOWS))
+            raise ValueError(f"unknown window {part!r}: use one of {known}, or CENTER:WIDTH")
+    if len(out) not in (1, 3):
+        raise ValueError(f"--window takes 1 window or 3 (as channels), got {len(out)}")
+    return out
+
+
+def apply_window(x: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """Map physical values to [0, 1] with a DICOM window (PS3.3 C.11.2.1.2)."""
+    x = np.asarray(x, dtype=np.float32)
+    width = max(float(width), 1.0)
+    center = float(center)
+    function = (function or "LINEAR").upper()
+    if function == "SIGMOID":
+        y = 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+    elif function == "LINEAR_EXACT":
+        y = (x - (center - width / 2.0)) / width
+    else:
+        y = ((x - (center - 0.5)) / (width - 1.0)) + 0.5 if width > 1 else (x >= center).astype(np.float32)
+    return np.clip(y, 0.0, 1.0).astype(np.float32)
+
+
+def percentile_scale(
+    x: np.ndarray, lo: float = 0.5, hi: float = 99.5, ref: np.ndarray | None = None
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """Map values to [0, 1] between two percentiles of ``ref`` (default: of ``x`` itself).
+
+    Returns the scaled array and the (low, high) values used, so a volume is scaled consistently.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    ref = x if ref is None else ref
+    finite = ref[np.isfinite(ref)] if not np.all(np.isfinite(ref)) else ref
+    if finite.size == 0:
+        return np.zeros_like(x), (0.0, 0.0)
+    a, b = (float(v) for v in np.percentile(finite, [lo, hi]))
+    if b <= a:
+        a, b = float(finite.min()), float(finite.max())
+    if b <= a:
+        return np.zeros_like(x), (a, b)
+    y = (x - a) / (b - a)
+    return np.clip(np.nan_to_num(y, nan=0.0), 0.0, 1.0).astype(np.float32), (a, b)
+
+
+def to_uint(y: np.ndarray, bits: int = 8) -> np.ndarray:
+    """[0, 1] floats to uint8 or uint16 by ``round(y * (2**bits - 1))``."""
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16, got {bits}")
+    top = (1 << bits) - 1
+    out = np.rint(np.clip(y, 0.0, 1.0) * top)
+    return out.astype(np.uint8 if bits == 8 else np.uint16)
+
+
+def is_empty(x: np.ndarray, min_fraction: float = 0.005) -> bool:
+    """True for a slice with nothing to see: constant, or almost all pixels at its minimum."""
+    if x.size == 0:
+        return True
+    lo = x.min()
+    if x.max() == lo:
+        return True
+    return float(np.count_nonzero(x > lo)) / x.size < min_fraction
+
+
+def resize_max(img: np.ndarray, max_side: int) -> np.ndarray:
+    """Shrink so the longer side is at most ``max_side`` (0 keeps it), with a Lanczos filter."""
+    h, w = img.shape[:2]
+    if max_side <= 0 or max(h, w) <= max_side:
+        return img
+    scale = max_side / float(max(h, w))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if img.dtype == np.uint8:
+        return np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0))
+    # uint16: resample each channel in float mode, then clip back.
+    chans = img[..., None] if img.ndim == 2 else img
+    out = [
+        np.asarray(Image.fromarray(chans[..., c].astype(np.float32), mode="F").resize(size, Image.Resampling.LANCZOS))
+        for c in range(chans.shape[-1])
+    ]
+    res = np.clip(np.rint(np.stack(out, axis=-1)), 0, 65535).astype(np.uint16)
+    return res[..., 0] if img.ndim == 2 else res
+
+
+def encode(img: np.ndarray, codec: str = "jpeg", quality: int = 90) -> bytes:
+    """Encode an H×W or H×W×3 uint8 (or uint16 for PNG) array."""
+    buf = io.BytesIO()
+    if codec == "jpeg":
+        if img.dtype != np.uint8:
+            raise ValueError("JPEG holds 8-bit images only; use --codec png for 16-bit")
+        Image.fromarray(img).save(buf, format="JPEG", quality=int(quality), subsampling=0 if img.ndim == 2 else 2)
+    elif codec == "png":
+        if img.dtype == np.uint16:
+            if img.ndim != 2:
+                raise ValueError("16-bit PNG output is grayscale only")
+            Image.fromarray(img, mode="I;16").save(buf, format="PNG", compress_level=1)
+        else:
+            Image.fromarray(img).save(buf, format="PNG", compress_level=1)
+    else:
+        raise ValueError(f"unknown codec {codec!r}: jpeg or png")
+    return buf.getvalue()

@@ -1,0 +1,237 @@
+"""DICOM files, multi-frame files and series.
+
+Every transfer syntax pydicom decodes with its pylibjpeg (JPEG, JPEG-LS, JPEG 2000, RLE) and GDCM
+plugins. Single-frame files of one series are ordered along the slice normal, then by
+InstanceNumber, and carry their slice index. Intensity follows :mod:`unimed.ingest.intensity`:
+modality LUT (rescale), window (CT: a Hounsfield window; others: the file's VOI LUT or window,
+else percentiles), MONOCHROME1 inverted after windowing; colour images converted to RGB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unimed.errors import RejectError, safe_reason
+from unimed.ingest import deid, intensity
+from unimed.ingest.sources.base import Item, Options, Source, Task, register, timed
+
+__all__ = ["DicomSource", "MODALITY_MAP", "dicom_frame_to_display"]
+
+#: DICOM Modality -> unimed modality. Anything else is rejected unless --modality is given.
+MODALITY_MAP: dict[str, str] = {
+    "CR": "xray",
+    "DX": "xray",
+    "MG": "xray",
+    "PX": "xray",
+    "IO": "xray",
+    "RF": "xray",
+    "XA": "xray",
+    "CT": "ct",
+    "MR": "mri",
+    "US": "ultrasound",
+    "SM": "pathology",
+    "OP": "fundus",
+}
+
+def _read_header(path: Path) -> Any:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path, defer_size=1024)  # large values (pixels) stay on disk
+    except InvalidDicomError as exc:
+        raise RejectError(f"not a valid DICOM file ({safe_reason(exc)})") from None
+    except Exception as exc:  # pydicom raises many kinds on broken files
+        raise RejectError(f"unreadable DICOM header ({safe_reason(exc)})") from None
+
+
+def _modality(ds: Any, opts: Options) -> str:
+    if opts.modality != "auto":
+        return opts.modality
+    code = deid._code(ds.get("Modality", "")) or ""
+    if code not in MODALITY_MAP:
+        shown = code or "missing"
+        raise RejectError(f"DICOM modality {shown} has no unimed modality; pass --modality to set one")
+    return MODALITY_MAP[code]
+
+
+def _slice_position(ds: Any) -> float | None:
+    ipp, iop = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
+    if not ipp or not iop or len(ipp) != 3 or len(iop) != 6:
+        return None
+    try:
+        row, col = np.array(iop[:3], float), np.array(iop[3:], float)
+        return float(np.dot(np.array(ipp, float), np.cross(row, col)))
+    except (TypeError, ValueError):
+        return None
+
+
+def _frame_attr(ds: Any, frame: int, seq: str, keyword: str) -> Any:
+    """An attribute from the per-frame, then shared functional groups, then the top level."""
+    for groups, idx in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        items = ds.get(groups)
+        if items and len(items) > idx:
+            sub = items[idx].get(seq)
+            if sub and keyword in sub[0]:
+                return sub[0].get(keyword)
+    return ds.get(keyword)
+
+
+def _first(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return float(value[0]) if hasattr(value, "__len__") and not isinstance(value, str) else float(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def dicom_frame_to_display(arr: np.ndarray, ds: Any, frame: int, modality: str, opts: Options) -> tuple[np.ndarray, dict]:
+    """Apply the documented intensity transform to one decoded frame; return pixels and meta."""
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
+
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    meta: dict[str, Any] = {}
+    if photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(arr, ds).astype(np.float32)
+        top = 255.0 if rgb.max() <= 255 else 65535.0
+        meta["window"] = "palette"
+        return intensity.to_uint(rgb / top, opts.bits if opts.bits == 8 else 8), meta
+    if arr.ndim == 3 and arr.shape[-1] == 3:  # RGB (YBR already converted by pydicom)
+        bits = int(ds.get("BitsStored", 8) or 8)
+        y = arr.astype(np.float32) / float((1 << bits) - 1)
+        meta["window"] = "rgb"
+        return intensity.to_uint(y, 8), meta
+
+    # Monochrome: modality LUT or rescale (Hounsfield units for CT).
+    if ds.get("ModalityLUTSequence"):
+        x = apply_modality_lut(arr, ds).astype(np.float32)
+    else:
+        slope = _first(_frame_attr(ds, frame, "PixelValueTransformationSequence", "RescaleSlope"))
+        icpt = _first(_frame_attr(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept"))
+        x = arr.astype(np.float32) * (slope if slope is not None else 1.0) + (icpt or 0.0)
+
+    windows = intensity.parse_windows(opts.window)
+    center = _first(_frame_attr(ds, frame, "FrameVOILUTSequence", "WindowCenter"))
+    width = _first(_frame_attr(ds, frame, "FrameVOILUTSequence", "WindowWidth"))
+    function = str(_frame_attr(ds, frame, "FrameVOILUTSequence", "VOILUTFunction") or "LINEAR")
+    if windows is None and modality == "ct" and opts.window == "auto":
+        windows = [intensity.HU_WINDOWS[intensity.DEFAULT_CT_WINDOW]]
+    if windows is not None:
+        chans = [intensity.apply_window(x, c, w) for c, w in windows]
+        y = chans[0] if len(chans) == 1 else np.stack(chans, axis=-1)
+        meta["window"] = [list(w) for w in windows] if len(windows) > 1 else list(windows[0])
+    elif ds.get("VOILUTSequence"):
+        v = apply_voi(arr if not ds.get("ModalityLUTSequence") else x, ds).astype(np.float32)
+        y, _ = intensity.percentile_scale(v, 0.0, 100.0)
+        meta["window"] = "voi_lut"
+    elif center is not None and width is not None and width > 0:
+        y = intensity.apply_window(x, center, width, function)
+        meta["window"] = [round(center, 3), round(width, 3)]
+    else:
+        lo, hi = opts.percentiles
+        y, _ = intensity.percentile_scale(x, lo, hi)
+        meta["window"] = f"percentile {lo}-{hi}"
+    if photometric == "MONOCHROME1":
+        y = 1.0 - y
+    return intensity.to_uint(y, opts.bits), meta
+
+
+@register
+class DicomSource(Source):
+    """DICOM Part 10 files (with or without preamble), single- and multi-frame, grouped into series."""
+
+    name = "dicom"
+    requires = ("pydicom",)
+    suffixes = (".dcm", ".dicom", ".dic")
+
+    def probe(self, path: Path, head: bytes) -> bool:
+        return head[128:132] == b"DICM" or path.suffix.lower() in self.suffixes
+
+    def plan(self, path: Path, opts: Options) -> Task:
+        ds = _read_header(path)
+        if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+            sop = getattr(ds.get("SOPClassUID"), "name", "unknown SOP class")
+            raise RejectError(f"DICOM file holds no image ({sop})")
+        modality = _modality(ds, opts)
+        deid.check_burned_in(ds, opts.allow_burned_in)
+        frames = int(_first(ds.get("NumberOfFrames")) or 1)
+        sop_uid = str(ds.get("SOPInstanceUID", "")) or None
+        extra = {
+            "modality": modality,
+            "frames": frames,
+            "sop": sop_uid,
+            "series": str(ds.get("SeriesInstanceUID", "")) or None,
+            "position": _slice_position(ds),
+            "instance": int(_first(ds.get("InstanceNumber")) or 0),
+        }
+        return Task(self.name, [str(path)], weight=path.stat().st_size, extra=extra)
+
+    @staticmethod
+    def group(tasks: list[Task]) -> list[Task]:
+        """Order the single-frame files of each series along the slice normal; mark slice indices."""
+        series: dict[str, list[Task]] = {}
+        for t in tasks:
+            if t.extra.get("series") and t.extra.get("frames", 1) == 1:
+                series.setdefault(t.extra["series"], []).append(t)
+        for members in series.values():
+            if len(members) < 2:
+                continue
+            have_pos = all(m.extra.get("position") is not None for m in members)
+            members.sort(key=lambda m: ((m.extra["position"] if have_pos else 0.0), m.extra["instance"], m.name))
+            for i, m in enumerate(members):
+                m.extra["slice_index"] = i
+                m.extra["n_slices"] = len(members)
+        return tasks
+
+    def iter_items(self, task: Task, opts: Options) -> Iterator[Item]:
+        import pydicom
+        from pydicom.pixels import iter_pixels
+
+        path = task.paths[0]
+        try:
+            with timed("decode"):
+                ds = pydicom.dcmread(path)
+        except Exception as exc:
+            raise RejectError(f"unreadable DICOM file ({safe_reason(exc)})") from None
+        first = None
+        if task.extra.get("frames", 1) == 1:
+            try:
+                with timed("decode"):
+                    first = ds.pixel_array
+            except Exception as exc:
+                raise RejectError(f"cannot decode pixel data ({safe_reason(exc)})") from None
+        modality = task.extra.get("modality") or _modality(ds, opts)
+        base_meta = deid.allowed_meta(ds)
+        sop = task.extra.get("sop")
+        identity = f"dicom:{sop}" if sop else "dicom-bytes:" + hashlib.sha1(Path(path).read_bytes()).hexdigest()
+        frames = task.extra.get("frames", 1)
+        try:
+            it = iter([first]) if frames == 1 else iter_pixels(ds)
+            for i, arr in enumerate(it):
+                if frames == 1 and arr.ndim == 3 and arr.shape[-1] != 3:  # one frame stored as a stack
+                    arr = arr[0]
+                pixels, meta = dicom_frame_to_display(arr, ds, i, modality, opts)
+                if intensity.is_empty(pixels):
+                    continue
+                meta = {**base_meta, **meta}
+                if frames > 1:
+                    meta.update(frame=i, n_frames=frames)
+                if "slice_index" in task.extra:
+                    meta.update(slice_index=task.extra["slice_index"], n_slices=task.extra["n_slices"])
+                yield Item(
+                    pixels=pixels,
+                    modality=modality,
+                    key=f"{identity}:{i}",
+                    meta=meta,
+                    anatomy=base_meta.get("body_part"),
+                )
+        except RejectError:
+            raise
+        except Exception as exc:
+            raise RejectError(f"cannot decode pixel data ({safe_reason(exc)})") from None

@@ -1,0 +1,120 @@
+"""``ingest verify``: re-hash every shard, decode every image, check the schema and the counts."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from typing import Any
+
+from unimed.errors import UserError
+from unimed.ingest.reader import open_dataset
+from unimed.schema import COLUMNS, check_sample
+
+__all__ = ["verify"]
+
+
+def _xxh64(path: str) -> str:
+    import xxhash
+
+    h = xxhash.xxh64()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_files(folder: str, index: dict) -> list[str]:
+    import xxhash
+    import zstandard
+
+    faults = []
+    for i, shard in enumerate(index.get("shards", [])):
+        if shard.get("column_names") != list(COLUMNS) and set(shard.get("column_names", [])) != set(COLUMNS):
+            faults.append(f"shard {i}: columns {shard.get('column_names')} differ from the schema")
+        entry = shard.get("zip_data") or shard.get("raw_data")
+        name = entry["basename"]
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            faults.append(f"{name}: missing")
+            continue
+        if os.path.getsize(path) != entry["bytes"]:
+            faults.append(f"{name}: {os.path.getsize(path)} bytes, index says {entry['bytes']}")
+            continue
+        want = entry.get("hashes", {}).get("xxh64")
+        if want is None:
+            faults.append(f"{name}: index holds no xxh64 hash")
+        elif _xxh64(path) != want:
+            faults.append(f"{name}: xxh64 hash mismatch (shard corrupted)")
+            continue
+        if shard.get("zip_data"):
+            raw = zstandard.ZstdDecompressor().decompress(open(path, "rb").read(),
+                                                         max_output_size=shard["raw_data"]["bytes"])
+            rwant = shard["raw_data"].get("hashes", {}).get("xxh64")
+            if rwant and xxhash.xxh64(raw).hexdigest() != rwant:
+                faults.append(f"{name}: decompressed data hash mismatch")
+    return faults
+
+
+def _check_samples(folder: str, index: dict, decode: bool) -> tuple[list[str], int]:
+    from PIL import Image
+
+    faults: list[str] = []
+    bounds = []
+    total = 0
+    for shard in index["shards"]:
+        bounds.append((total, total + shard["samples"], (shard.get("zip_data") or shard["raw_data"])["basename"]))
+        total += shard["samples"]
+    uids: dict[str, int] = {}
+    with open_dataset(folder) as ds:
+        if len(ds) != total:
+            faults.append(f"dataset reports {len(ds)} samples, index shards hold {total}")
+        for lo, hi, name in bounds:
+            for idx in range(lo, hi):
+                where = f"{name} sample {idx - lo}"
+                try:
+                    sample = ds[idx]
+                except Exception as exc:  # a damaged shard surfaces here
+                    faults.append(f"{where}: unreadable ({type(exc).__name__})")
+                    continue
+                for fault in check_sample(sample):
+                    faults.append(f"{where}: {fault}")
+                uid = sample.get("uid")
+                if uid in uids:
+                    faults.append(f"{where}: duplicate uid (also sample {uids[uid]})")
+                uids[uid] = idx
+                if decode and isinstance(sample.get("image"), bytes | bytearray):
+                    try:
+                        with Image.open(io.BytesIO(sample["image"])) as im:
+                            im.load()
+                            meta: Any = sample.get("meta") or {}
+                            if (meta.get("width"), meta.get("height")) != im.size:
+                                faults.append(f"{where}: image is {im.size}, meta says "
+                                              f"{(meta.get('width'), meta.get('height'))}")
+                    except Exception as exc:
+                        faults.append(f"{where}: image does not decode ({type(exc).__name__})")
+    return faults, total
+
+
+def verify(folder: str, decode: bool = True) -> tuple[list[str], dict]:
+    """All faults of a converted folder (empty when sound) and its counts."""
+    index_path = os.path.join(folder, "index.json")
+    if not os.path.isfile(index_path):
+        raise UserError(f"{folder}: no index.json (not a converted folder, or the run has not finished)")
+    with open(index_path) as fh:
+        index = json.load(fh)
+    faults = _check_files(folder, index)
+    counts = {"shards": len(index["shards"]), "samples": sum(s["samples"] for s in index["shards"])}
+    if faults:  # do not hand corrupted shards to the reader
+        return faults, counts
+    sample_faults, total = _check_samples(folder, index, decode)
+    faults += sample_faults
+    summary_path = os.path.join(folder, "summary.json")
+    if os.path.isfile(summary_path):
+        with open(summary_path) as fh:
+            summary = json.load(fh)
+        if summary.get("images") != total:
+            faults.append(f"summary.json says {summary.get('images')} images, shards hold {total}")
+    else:
+        faults.append("summary.json missing")
+    return faults, counts

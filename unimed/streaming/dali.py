@@ -1,0 +1,151 @@
+"""The DALI decode-and-augment pipeline: one definition, placed on the GPU or on CPU operators.
+
+On a GPU the decoder is ``device="mixed"`` (nvJPEG, with the A100/H100 hardware decoder when
+present) and every later operator runs on the GPU; without one the same graph runs with
+``device_id=None`` on DALI's CPU operators (libjpeg-turbo, libpng). Which placement is used is
+decided once, in :func:`choose_device`, logged with the reason, and overridable by argument or by
+the ``UNIMED_DALI_DEVICE`` environment variable.
+
+Images are decoded to float in [0, 1] so 16-bit PNGs keep their full range (8-bit images lose
+nothing either), converted to RGB (grey images become 3 equal channels), randomly cropped (area
+``scale``, aspect ``ratio``), resized to ``image_size``, flipped only where the sample's ``flip``
+flag allows, and normalized to CHW float32.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["AugmentConfig", "DaliProxyTransform", "build_pipeline", "choose_device", "CLIP_MEAN", "CLIP_STD"]
+
+logger = logging.getLogger(__name__)
+
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+_ENV = "UNIMED_DALI_DEVICE"
+_logged_choice: set[tuple[str, str]] = set()
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """What the pipeline does to each image (defaults: CLIP training at 224 px)."""
+
+    image_size: int = 224
+    scale: tuple[float, float] = (0.9, 1.0)  # random-resized-crop area
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # random-resized-crop aspect
+    mean: tuple[float, float, float] = CLIP_MEAN  # of [0, 1] pixels
+    std: tuple[float, float, float] = CLIP_STD
+    train: bool = True  # False: resize the shorter side and center-crop, no randomness
+
+
+def choose_device(requested: str = "auto") -> str:
+    """Pick ``"gpu"`` or ``"cpu"`` for the pipeline: the argument, else ``$UNIMED_DALI_DEVICE``, else
+    the GPU when CUDA is available. Logged once per distinct choice, with the reason."""
+    import torch
+
+    source = "argument"
+    if requested == "auto" and os.environ.get(_ENV):
+        requested, source = os.environ[_ENV].lower(), f"${_ENV}"
+    if requested not in ("auto", "gpu", "cpu"):
+        raise ValueError(f"DALI device must be 'auto', 'gpu' or 'cpu' (from {source}), got {requested!r}")
+    has_cuda = torch.cuda.is_available()
+    if requested == "gpu" and not has_cuda:
+        raise ValueError(
+            f"DALI device 'gpu' requested ({source}) but CUDA is not available; use 'cpu' or 'auto'"
+        )
+    if requested == "auto":
+        device = "gpu" if has_cuda else "cpu"
+        reason = "CUDA is available: nvJPEG decode" if has_cuda else "no CUDA device: DALI CPU operators"
+    else:
+        device, reason = requested, f"requested by {source}"
+    if (device, reason) not in _logged_choice:
+        _logged_choice.add((device, reason))
+        logger.info("unimed.streaming: DALI pipeline on %s (%s)", device, reason)
+    return device
+
+
+def build_pipeline(
+    aug: AugmentConfig,
+    batch_size: int,
+    device: str,
+    num_threads: int = 2,
+    device_id: int | None = None,
+    prefetch_queue_depth: int = 2,
+    seed: int = 0,
+):  # -> nvidia.dali.Pipeline
+    """Build the pipeline with two external inputs, ``encoded`` (uint8 bytes) and ``flip`` (uint8
+    0/1 per sample), and one output, the normalized ``float32[3, S, S]`` image."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    if device not in ("gpu", "cpu"):
+        raise ValueError(f"device must be 'gpu' or 'cpu', got {device!r}")
+    if device == "gpu" and device_id is None:
+        import torch
+
+        device_id = torch.cuda.current_device()
+    size = aug.image_size
+    decoder = "mixed" if device == "gpu" else "cpu"
+
+    @pipeline_def(
+        batch_size=batch_size,
+        num_threads=num_threads,
+        device_id=device_id if device == "gpu" else None,
+        prefetch_queue_depth=prefetch_queue_depth,
+        seed=seed,
+    )
+    def pipe():
+        encoded = fn.external_source(name="encoded", no_copy=True, dtype=types.UINT8, ndim=1)
+        flip = fn.external_source(name="flip", dtype=types.UINT8, ndim=0)
+        if aug.train:
+            images = fn.decoders.image_random_crop(
+                encoded,
+                device=decoder,
+                output_type=types.RGB,
+                dtype=types.FLOAT,
+                random_area=list(aug.scale),
+                random_aspect_ratio=list(aug.ratio),
+                num_attempts=10,
+            )
+            images = fn.resize(images, size=[size, size], antialias=True)
+            extra = {
+                "mirror": fn.random.coin_flip(probability=0.5, dtype=types.INT32)
+                * fn.cast(flip, dtype=types.INT32)
+            }
+        else:
+            images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB, dtype=types.FLOAT)
+            images = fn.resize(images, resize_shorter=size, antialias=True)
+            extra = {"crop": (size, size), "mirror": fn.cast(flip, dtype=types.INT32) * 0}  # flip fed, unused
+        return fn.crop_mirror_normalize(
+            images, dtype=types.FLOAT, output_layout="CHW", mean=list(aug.mean), std=list(aug.std), **extra
+        )
+
+    return pipe()
+
+
+class DaliProxyTransform:
+    """The dataset-side half of DALI's proxy: replaces a sample's encoded ``image`` by a reference
+    that the DALI server, in the main process, fills with the augmented tensor at collate time.
+
+    ``generation`` is bumped by the loader for every new iterator, and goes into the proxy's batch
+    ids, so batches of an abandoned iterator (stopped mid-epoch) can never be taken for the new
+    iterator's: the stock proxy numbers batches per worker from 0 each time.
+    """
+
+    def __init__(self, proxy) -> None:
+        self.proxy = proxy
+        self.generation = 0
+
+    def __call__(self, sample: dict) -> dict:
+        proxy = self.proxy
+        if proxy._worker_data is None or proxy._worker_data.worker_id[0] != self.generation:
+            from nvidia.dali.plugin.pytorch.experimental.proxy import _DALIProxy
+            from torch.utils.data import get_worker_info
+
+            info = get_worker_info()
+            proxy._worker_data = _DALIProxy._WorkerData((self.generation, info.id if info else 0))
+        sample["image"] = proxy(encoded=sample["image"], flip=np.asarray(sample["flip"], dtype=np.uint8))
+        return sample

@@ -1,0 +1,118 @@
+"""The unimed ``StreamingDataset``: encoded image bytes, one caption per sample and epoch, its tokens.
+
+No pixel is decoded here: decoding and augmentation belong to DALI (``unimed.streaming.dali``),
+which runs batched, on the GPU where there is one. What happens per sample in the loader workers is
+cheap: read the MDS sample, check the image's structure (``imagecheck``), pick a caption and
+tokenize it.
+
+The caption is chosen by a hash of (seed, epoch, sample id), not by a stateful generator, so a run
+resumed mid-epoch picks the same captions as an uninterrupted one, whatever the worker count.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+from streaming import StreamingDataset
+
+from unimed.schema import MODALITIES
+from unimed.streaming.imagecheck import check_image, placeholder_image
+from unimed.streaming.tokenizer import CaptionTokenizer
+
+__all__ = ["UnimedDataset", "choose_caption"]
+
+logger = logging.getLogger(__name__)
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def choose_caption(num_captions: int, seed: int, epoch: int, sample_id: int) -> int:
+    """Index of the caption to use: uniform, and a pure function of (seed, epoch, sample id)."""
+    h = _splitmix64(_splitmix64(_splitmix64(int(seed)) ^ int(epoch)) ^ int(sample_id))
+    return h % num_captions
+
+
+class UnimedDataset(StreamingDataset):
+    """A ``StreamingDataset`` over unimed shards yielding training-ready (still encoded) samples.
+
+    Each sample is a dict: ``image`` (the encoded bytes as a ``uint8`` array), ``caption`` (str),
+    ``tokens`` (``int64[context_length]``, present when a tokenizer is given), ``modality`` (index
+    into ``unimed.schema.MODALITIES``), ``flip`` (1 where horizontal flips are allowed for this
+    modality), ``valid`` (False when the image was broken and replaced by a placeholder), ``error`` (why;
+    empty when valid), ``uid``. The loader counts and logs the replaced ones, once per uid.
+
+    Args:
+        tokenizer: turns the chosen caption into ids; None leaves ``tokens`` out.
+        flip_modalities: modalities where a horizontal flip keeps the image plausible (pathology,
+            say); never chest X-rays, whose laterality carries meaning.
+        transform: called on each sample dict last (the DALI proxy plugs in here).
+        caption_seed: seed of the caption choice (the shuffle seed by default).
+        **kwargs: everything ``streaming.StreamingDataset`` takes (``streams``, ``local``,
+            ``batch_size``, ``shuffle``, ``shuffle_seed``, ``epoch_size``, ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        tokenizer: CaptionTokenizer | None = None,
+        flip_modalities: Iterable[str] = (),
+        transform: Callable[[dict[str, Any]], Any] | None = None,
+        caption_seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.tokenizer = tokenizer
+        self.flip_modalities = frozenset(flip_modalities)
+        unknown = self.flip_modalities - set(MODALITIES)
+        if unknown:
+            raise ValueError(f"flip_modalities {sorted(unknown)} are not modalities; known: {MODALITIES}")
+        self.transform = transform
+        self.caption_seed = self.shuffle_seed if caption_seed is None else caption_seed
+        self.bad_samples = 0  # per process: images replaced by the placeholder
+        self._epoch = 0
+
+    def _resume_incr_epoch(self) -> tuple[int, int]:
+        # Record the epoch this worker iterates, for the caption choice (the base class keeps it local).
+        epoch, sample_in_epoch = super()._resume_incr_epoch()
+        self._epoch = epoch
+        return epoch, sample_in_epoch
+
+    def decode_sample(self, sample_id: int, raw: dict[str, Any]) -> dict[str, Any]:
+        """Turn one raw MDS sample into the loader's sample dict (see the class docstring)."""
+        image = raw["image"]
+        reason = check_image(image)
+        valid = reason is None
+        if not valid:
+            self.bad_samples += 1
+            logger.debug("unimed: undecodable image uid=%s (%s), replaced", raw["uid"], reason)
+            image = placeholder_image()
+        captions = raw["captions"]
+        caption = captions[choose_caption(len(captions), self.caption_seed, self._epoch, sample_id)]
+        modality = raw["modality"]
+        out: dict[str, Any] = {
+            "image": np.frombuffer(image, dtype=np.uint8),
+            "caption": caption,
+            "modality": MODALITIES.index(modality) if modality in MODALITIES else MODALITIES.index("other"),
+            "flip": np.uint8(modality in self.flip_modalities),
+            "valid": valid,
+            "error": reason or "",
+            "uid": raw["uid"],
+        }
+        if self.tokenizer is not None:
+            out["tokens"] = self.tokenizer(caption)
+        return out
+
+    def get_item(self, sample_id: int, retry: int = 7) -> Any:
+        """Read sample ``sample_id``, decode its record (not its pixels), then apply ``transform``."""
+        sample = self.decode_sample(sample_id, super().get_item(sample_id, retry))
+        return self.transform(sample) if self.transform is not None else sample

@@ -1,0 +1,110 @@
+"""Caption tokenizers: load the text tower's own, or train a WordPiece one on the shards' captions.
+
+Everything runs offline: a tokenizer is a local folder loadable by ``transformers.AutoTokenizer``
+(e.g. a BiomedBERT folder the user has), or one :func:`train_tokenizer` writes from the captions
+of the shards themselves. :class:`CaptionTokenizer` wraps either into the one call the dataset needs:
+caption -> fixed-length token ids, cheap enough to run per sample in a loader worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from unimed.streaming.shards import iter_samples
+
+__all__ = ["CaptionTokenizer", "iter_captions", "load_tokenizer", "train_tokenizer"]
+
+_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def iter_captions(shard_dir: str) -> Iterator[str]:
+    """Every caption of every sample in the MDS folder(s) under ``shard_dir``."""
+    for sample in iter_samples(shard_dir):
+        yield from sample["captions"]
+
+
+def train_tokenizer(
+    shard_dir: str, out_dir: str, vocab_size: int = 8192, context_length: int = 256, lowercase: bool = True
+) -> str:
+    """Train a BERT-style WordPiece tokenizer on the shards' captions and save it to ``out_dir``.
+
+    The folder is a ``transformers`` tokenizer (``AutoTokenizer.from_pretrained(out_dir)``) with
+    ``[CLS]``/``[SEP]``/``[PAD]``, so a text tower trained from scratch has a vocabulary fitted to
+    the captions without any download. Returns ``out_dir``.
+    """
+    from tokenizers.implementations import BertWordPieceTokenizer
+    from transformers import BertTokenizerFast
+
+    if vocab_size < len(_SPECIAL) + 1:
+        raise ValueError(f"vocab_size must exceed {len(_SPECIAL)}, got {vocab_size}")
+    wordpiece = BertWordPieceTokenizer(lowercase=lowercase)
+    wordpiece.train_from_iterator(
+        iter_captions(shard_dir), vocab_size=vocab_size, min_frequency=1, special_tokens=_SPECIAL
+    )
+    os.makedirs(out_dir, exist_ok=True)
+    wordpiece.save_model(out_dir)  # vocab.txt
+    fast = BertTokenizerFast(
+        vocab_file=os.path.join(out_dir, "vocab.txt"),
+        do_lower_case=lowercase,
+        model_max_length=context_length,
+    )
+    fast.save_pretrained(out_dir)
+    with open(os.path.join(out_dir, "unimed_tokenizer.json"), "w") as fh:
+        json.dump({"trained_on": os.path.abspath(shard_dir), "vocab_size": len(fast)}, fh, indent=2)
+    return out_dir
+
+
+def load_tokenizer(path: str):  # -> transformers.PreTrainedTokenizerBase
+    """Load a ``transformers`` tokenizer from a local folder, never from the network."""
+    from transformers import AutoTokenizer
+
+    if not os.path.isdir(path):
+        raise ValueError(
+            f"Tokenizer folder {path!r} does not exist: give the text tower's tokenizer folder, "
+            "or make one with `ingest tokenizer SHARD_DIR`."
+        )
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+class CaptionTokenizer:
+    """Caption -> ``int64`` ids of exactly ``context_length`` (``[CLS] ... [SEP]``, padded, truncated).
+
+    Uses the Rust backend directly when the tokenizer has one (several times faster per call than
+    ``tokenizer(...)``), else the Python tokenizer. Picklable, so loader workers get a copy.
+    """
+
+    def __init__(self, path: str, context_length: int = 256) -> None:
+        if context_length < 2:
+            raise ValueError(f"context_length must be at least 2, got {context_length}")
+        self.path = path
+        self.context_length = context_length
+        self.tokenizer = load_tokenizer(path)
+        self.pad_id = int(self.tokenizer.pad_token_id or 0)
+        self._backend = None
+        if getattr(self.tokenizer, "is_fast", False):
+            from tokenizers import Tokenizer
+
+            backend = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
+            backend.enable_truncation(max_length=context_length)
+            backend.enable_padding(
+                length=context_length, pad_id=self.pad_id, pad_token=self.tokenizer.pad_token or "[PAD]"
+            )
+            self._backend = backend
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids the text tower's embedding must hold."""
+        return len(self.tokenizer)
+
+    def __call__(self, caption: str) -> np.ndarray:
+        if self._backend is not None:
+            ids = self._backend.encode(caption).ids
+        else:
+            ids = self.tokenizer(
+                caption, max_length=self.context_length, padding="max_length", truncation=True
+            )["input_ids"]
+        return np.asarray(ids, dtype=np.int64)
