@@ -41,8 +41,17 @@ def pydicom_data_dir() -> Path:
 
 
 def all_dicom_files() -> list[Path]:
-    """Every ``.dcm`` file of pydicom and pydicom-data."""
-    files = sorted(pydicom_dir().rglob("*.dcm")) + sorted(pydicom_data_dir().glob("*.dcm"))
+    """Every DICOM file of pydicom and pydicom-data (``.dcm``, or a DICM preamble)."""
+    files = []
+    for p in sorted(pydicom_dir().rglob("*")) + sorted(pydicom_data_dir().glob("*")):
+        if not p.is_file():
+            continue
+        if p.suffix == ".dcm":
+            files.append(p)
+        elif not p.suffix:
+            with open(p, "rb") as fh:
+                if fh.read(132)[128:132] == b"DICM":
+                    files.append(p)
     return files
 
 

@@ -38,6 +38,27 @@ def _code(value: Any) -> str | None:
     return text if _CODE.match(text) else None
 
 
+#: Body parts (DICOM PS3.16 CID 4031, common subset) that may be stored; anything else is dropped,
+#: since archives sometimes put free text in BodyPartExamined.
+BODY_PARTS = frozenset(
+    """ABDOMEN ABDOMENPELVIS ANKLE ARM BRAIN BREAST CHEST CHESTABDOMEN CHESTABDPELV CLAVICLE COCCYX CSPINE
+    ELBOW EXTREMITY EYE FINGER FOOT FOREARM HAND HEAD HEADNECK HEART HIP HUMERUS JAW KIDNEY KNEE LEG LIVER
+    LSPINE LUNG NECK ORBIT PANCREAS PELVIS PROSTATE RETINA RIB SACRUM SHOULDER SKULL SPINE TSPINE THORAX
+    THYROID TOE UTERUS WHOLEBODY WRIST ZYGOMA""".split()
+)
+VIEW_POSITIONS = frozenset({"AP", "PA", "LL", "RL", "LAT", "LLD", "RLD", "OBL", "LAO", "RAO", "LPO", "RPO",
+                            "CC", "MLO", "ML", "LM", "XCC", "AXIAL", "SAG", "COR"})
+LATERALITIES = frozenset({"L", "R", "U", "B"})
+
+
+def _vocab(words: frozenset[str]) -> Any:
+    def clean(value: Any) -> str | None:
+        text = (_code(value) or "").replace(" ", "")
+        return text if text in words else None
+
+    return clean
+
+
 def _floats(value: Any) -> list[float] | None:
     try:
         seq = list(value) if hasattr(value, "__iter__") and not isinstance(value, str) else [value]
@@ -56,10 +77,11 @@ def _int(value: Any) -> int | None:
 #: DICOM keyword -> (meta key, sanitizer). The only header attributes that reach a shard.
 ALLOWED_TAGS: dict[str, tuple[str, Any]] = {
     "Modality": ("dicom_modality", _code),
-    "BodyPartExamined": ("body_part", _code),
-    "ViewPosition": ("view_position", _code),
-    "ImageLaterality": ("laterality", _code),
-    "PhotometricInterpretation": ("photometric", _code),
+    "BodyPartExamined": ("body_part", _vocab(BODY_PARTS)),
+    "ViewPosition": ("view_position", _vocab(VIEW_POSITIONS)),
+    "ImageLaterality": ("laterality", _vocab(LATERALITIES)),
+    "PhotometricInterpretation": ("photometric", _vocab(frozenset(
+        {"MONOCHROME1", "MONOCHROME2", "RGB", "PALETTECOLOR", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"}))),
     "BitsStored": ("bits_stored", _int),
     "Rows": ("rows", _int),
     "Columns": ("columns", _int),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from unimed.errors import UserError
 
 __all__ = ["LabelTable", "Lookup"]
 
-PATH_COLUMNS = ("path", "image", "file", "filename", "image index", "image_path", "dicom", "nifti")
+PATH_COLUMNS = ("path", "image", "file", "filename", "image index", "image_id", "imageid", "image_path", "dicom", "nifti")
 LABEL_COLUMNS = ("labels", "label", "class", "finding labels", "findings", "diagnosis")
 IGNORED = {"sex", "age", "frontal/lateral", "ap/pa", "view", "patient id", "patient age", "patient gender",
            "follow-up #", "view position", "originalimage[width", "height]", "originalimagepixelspacing[x",
@@ -55,7 +56,8 @@ class LabelTable:
         if not self.path.is_file():
             raise UserError(f"{csv_path}: label table not found")
         root = self.path.parent
-        with open(self.path, newline="", encoding="utf-8-sig") as fh:
+        opener = gzip.open if self.path.suffix == ".gz" else open
+        with opener(self.path, "rt", newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             header = [h for h in (reader.fieldnames or [])]
             lower = {h.lower().strip(): h for h in header}

@@ -108,6 +108,19 @@ def build_dataset(
     )
 
 
+def _serve(server: proxy.DALIServer) -> None:
+    """The DALI server thread; ends quietly when its input queue is closed (at interpreter exit)."""
+    try:
+        proxy.DALIServer._thread_fn(server)
+    except (OSError, EOFError, ValueError) as err:  # multiprocessing closed the queue under us
+        logger.debug("unimed.streaming: DALI server thread ended: %r", err)
+    finally:
+        # Mark the server stopped, so that its __del__ (which may run in this very thread, once the
+        # last reference goes) does not try to join the current thread.
+        if server._thread is threading.current_thread():
+            server._thread, server._thread_stop_event = None, None
+
+
 class _ProduceMixin:
     """Iterator half: wait for the DALI server's outputs, put them in the batch, count bad images."""
 
@@ -159,13 +172,16 @@ class UnimedDataLoader(proxy.DataLoader):
         server = self.dali_server
         if not server._is_thread_running():
             server._thread_stop_event = threading.Event()
-            server._thread = threading.Thread(target=proxy.DALIServer._thread_fn, args=(server,), daemon=True)
+            server._thread = threading.Thread(target=_serve, args=(server,), daemon=True)
             server._thread.start()
             self.server_started_by_loader = True
 
     def __del__(self) -> None:
-        if getattr(self, "server_started_by_loader", False) and self.dali_server._is_thread_running():
-            self.dali_server.stop_thread()
+        # Signal the server thread to stop, without the stock join: the thread may sit up to 5 s in
+        # a queue read, and holds its own reference to the server until it returns.
+        event = getattr(self.dali_server, "_thread_stop_event", None)
+        if getattr(self, "server_started_by_loader", False) and event is not None:
+            event.set()
 
     def _get_iterator(self):
         transform = self.dataset.transform

@@ -38,16 +38,39 @@ MODALITY_MAP: dict[str, str] = {
     "OP": "fundus",
 }
 
-def _read_header(path: Path) -> Any:
+def dcmread(path: str | Path, header_only: bool = False) -> Any:
+    """Read a DICOM file; one without file meta information (no preamble) is read as a bare data set.
+
+    For a bare data set the transfer syntax is set from the encoding pydicom detected, so its
+    pixels decode. Raises RejectError with a one-line reason.
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+    kw = {"defer_size": 1024} if header_only else {}  # large values (pixels) stay on disk
     try:
-        return pydicom.dcmread(path, defer_size=1024)  # large values (pixels) stay on disk
-    except InvalidDicomError as exc:
-        raise RejectError(f"not a valid DICOM file ({safe_reason(exc)})") from None
+        return pydicom.dcmread(path, **kw)
+    except InvalidDicomError:
+        pass
     except Exception as exc:  # pydicom raises many kinds on broken files
-        raise RejectError(f"unreadable DICOM header ({safe_reason(exc)})") from None
+        raise RejectError(f"unreadable DICOM file ({safe_reason(exc)})") from None
+    try:
+        ds = pydicom.dcmread(path, force=True, **kw)
+    except Exception as exc:
+        raise RejectError(f"not a valid DICOM file ({safe_reason(exc)})") from None
+    if "SOPClassUID" not in ds or len(ds) < 3:
+        raise RejectError("not a valid DICOM file (no file meta information and no SOP Class UID)")
+    if not getattr(ds.file_meta, "TransferSyntaxUID", None):
+        implicit, little = ds.original_encoding if hasattr(ds, "original_encoding") else (True, True)
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+        )
+    return ds
+
+
+def _read_header(path: Path) -> Any:
+    return dcmread(path, header_only=True)
 
 
 def _modality(ds: Any, opts: Options) -> str:
@@ -98,10 +121,10 @@ def dicom_frame_to_display(arr: np.ndarray, ds: Any, frame: int, modality: str, 
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     meta: dict[str, Any] = {}
     if photometric == "PALETTE COLOR":
-        rgb = apply_color_lut(arr, ds).astype(np.float32)
-        top = 255.0 if rgb.max() <= 255 else 65535.0
+        rgb = apply_color_lut(arr, ds)
         meta["window"] = "palette"
-        return intensity.to_uint(rgb / top, opts.bits if opts.bits == 8 else 8), meta
+        # 16-bit LUT entries keep their high byte; some writers store 8-bit values in 16-bit LUTs.
+        return (rgb >> 8 if rgb.max() > 255 else rgb).astype(np.uint8), meta
     if arr.ndim == 3 and arr.shape[-1] == 3:  # RGB (YBR already converted by pydicom)
         bits = int(ds.get("BitsStored", 8) or 8)
         y = arr.astype(np.float32) / float((1 << bits) - 1)
@@ -190,15 +213,11 @@ class DicomSource(Source):
         return tasks
 
     def iter_items(self, task: Task, opts: Options) -> Iterator[Item]:
-        import pydicom
         from pydicom.pixels import iter_pixels
 
         path = task.paths[0]
-        try:
-            with timed("decode"):
-                ds = pydicom.dcmread(path)
-        except Exception as exc:
-            raise RejectError(f"unreadable DICOM file ({safe_reason(exc)})") from None
+        with timed("decode"):
+            ds = dcmread(path)
         first = None
         if task.extra.get("frames", 1) == 1:
             try:

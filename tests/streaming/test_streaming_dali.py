@@ -1,0 +1,81 @@
+"""The DALI pipeline itself: 16-bit PNGs, grey to RGB, flips only where allowed, CPU vs GPU."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unimed.streaming.dali import AugmentConfig, build_pipeline, choose_device
+
+PLAIN = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # outputs are the decoded [0, 1] pixels
+
+
+def _png(arr: np.ndarray) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return np.frombuffer(buf.getvalue(), np.uint8)
+
+
+def _run(pipe, images: list[np.ndarray], flips: list[int]) -> np.ndarray:
+    pipe.feed_input("encoded", images)
+    pipe.feed_input("flip", [np.array(f, np.uint8) for f in flips])
+    (out,) = pipe.run()
+    if hasattr(out, "as_cpu"):
+        out = out.as_cpu()
+    return np.array(out.as_tensor())
+
+
+def test_16bit_png_keeps_its_low_bits():
+    ramp = np.tile(np.arange(64, dtype=np.uint16) * 3, (64, 1))  # all below 256: zero as 8-bit
+    pipe = build_pipeline(AugmentConfig(image_size=64, train=False, **PLAIN), batch_size=1, device="cpu")
+    out = _run(pipe, [_png(ramp)], [0])[0]
+    assert out.shape == (3, 64, 64)
+    assert np.allclose(out[0], out[1]) and np.allclose(out[0], out[2])  # grey -> 3 equal channels
+    np.testing.assert_allclose(out[0], ramp / 65535.0, atol=2e-6)
+
+
+def test_flip_only_where_allowed():
+    arr = np.zeros((32, 32), np.uint8)
+    arr[:, :8] = 255  # bright left edge
+    png = _png(arr)
+    aug = AugmentConfig(image_size=32, scale=(1.0, 1.0), ratio=(1.0, 1.0), **PLAIN)
+    pipe = build_pipeline(aug, batch_size=16, device="cpu", seed=3, prefetch_queue_depth=1)
+    kept = _run(pipe, [png] * 16, [0] * 16)
+    assert (kept[:, 0, :, :4].mean((1, 2)) > 0.9).all()  # never flipped
+    flipped = _run(pipe, [png] * 16, [1] * 16)
+    left = flipped[:, 0, :, :4].mean((1, 2)) > 0.9
+    assert 0 < left.sum() < 16  # flipped about half the time
+
+
+def test_choose_device(monkeypatch):
+    monkeypatch.setenv("UNIMED_DALI_DEVICE", "cpu")
+    assert choose_device("auto") == "cpu"
+    monkeypatch.delenv("UNIMED_DALI_DEVICE")
+    assert choose_device("auto") == ("gpu" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="must be"):
+        choose_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            choose_device("gpu")
+
+
+@pytest.mark.gpu
+def test_gpu_matches_cpu():
+    """The same pipeline on nvJPEG + GPU operators gives the CPU placement's pixels (eval mode)."""
+    rng = np.random.default_rng(0)
+    from unimed.streaming.synthetic import synthetic_image
+
+    images = []
+    for color in (False, True):
+        buf = io.BytesIO()
+        Image.fromarray(synthetic_image(rng, 200, color)).save(buf, format="JPEG", quality=90)
+        images.append(np.frombuffer(buf.getvalue(), np.uint8))
+    images.append(_png(synthetic_image(rng, 200, False, bit_depth=16)))
+    aug = AugmentConfig(image_size=96, train=False)
+    cpu = _run(build_pipeline(aug, batch_size=3, device="cpu"), images, [0, 0, 0])
+    gpu = _run(build_pipeline(aug, batch_size=3, device="gpu", device_id=0), images, [0, 0, 0])
+    assert np.abs(cpu - gpu).mean() < 0.02 and np.abs(cpu - gpu).max() < 0.5  # JPEG IDCTs differ slightly
