@@ -210,6 +210,27 @@ def _fingerprint(cfg: ConvertConfig, tasks: list[Task]) -> str:
 
 # ----------------------------------------------------------------------------- running
 
+
+def quiet_libraries() -> None:
+    """Silence library warnings and logs that quote header values (they could carry PHI).
+
+    Problems with an input reach the user as reject lines, which say what is wrong without values.
+    """
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
+    warnings.filterwarnings("ignore", module=r"nibabel(\..*)?")
+    warnings.filterwarnings("ignore", message=r".*(VR|value|delimiter|dataset).*", category=UserWarning)
+    for name in ("pydicom", "nibabel", "PIL"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        import pydicom.config
+
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    except ImportError:  # pragma: no cover - pydicom is a dependency
+        pass
+
 _QUEUE: Any = None
 
 
@@ -248,6 +269,8 @@ def merge(out: str) -> dict:
         raise UserError(f"{out}: no such folder")
     done = _done_chunks(out)
     index_files = [os.path.join(out, d, "index.json") for d in done]
+    if os.path.exists(os.path.join(out, "index.json")):  # rebuilt from the chunks every time
+        os.remove(os.path.join(out, "index.json"))
     if index_files:
         import logging
 
@@ -313,6 +336,7 @@ def _write_summary(out: str, summary: dict) -> None:
 def convert(cfg: ConvertConfig, echo: Any = print) -> dict:
     """Run the whole conversion; return the summary (also written to ``<out>/summary.json``)."""
     cfg.check()
+    quiet_libraries()
     start = time.perf_counter()
     opts = Options(modality=cfg.modality, window=cfg.window, axis=cfg.axis,
                    allow_burned_in=cfg.allow_burned_in, bits=cfg.bits)

@@ -1,0 +1,187 @@
+"""Loader benchmark: images per second to 224x224 normalized tensors, four ways over the same images.
+
+1. ``loader``: unimed.streaming (StreamingDataset workers + DALI, on the GPU where one exists, else
+   DALI's CPU operators) exactly as the trainer builds it.
+2. ``pil``: the same MDS shards through a stock ``StreamingDataset``, decoded by PIL and augmented by
+   torchvision in a ``DataLoader`` with the same number of workers.
+3. ``webdataset``: the reference system's pipeline: the same images in uncompressed WebDataset-style
+   tars (``{key}.jpg``/``.png`` + ``{key}.json``), read with ``tarfile``, PIL + torchvision.
+4. ``decode_ceiling``: decoding alone (DALI's decoder, all threads), images already in memory.
+
+Each configuration runs in its own process (clean peak memory, no shared-memory reuse); the
+throughput excludes the first batch, whose latency is reported as ``ttfb_s``. Run:
+``python benchmarks/loader.py [--quick] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.harness import Report, base_parser, peak_rss_mb  # noqa: E402
+
+__all__ = ["main"]
+
+SHARE = {"xray": 0.3, "ct": 0.2, "mri": 0.15, "pathology": 0.15, "fundus": 0.1, "ultrasound": 0.1}
+CONFIGS = ("loader", "pil", "webdataset", "decode_ceiling")
+
+
+def prepare(data: str, images: int, size: int) -> tuple[str, str, str]:
+    """Write (once) the synthetic shards, their tar copy and a tokenizer; return the three paths."""
+    from unimed.streaming.shards import iter_samples
+    from unimed.streaming.synthetic import SyntheticSpec, write_synthetic_shards
+    from unimed.streaming.tokenizer import train_tokenizer
+
+    root = os.path.join(data, f"n{images}-s{size}")
+    shards, tars, tok = (os.path.join(root, d) for d in ("mds", "tar", "tokenizer"))
+    if not os.path.isfile(os.path.join(root, "done")):
+        counts = {m: max(1, round(images * p)) for m, p in SHARE.items()}
+        spec = SyntheticSpec(counts=counts, size=size, png_fraction=0.1, seed=7, size_limit=1 << 26)
+        t0 = time.perf_counter()
+        write_synthetic_shards(shards, spec, processes=os.cpu_count() or 1)
+        _write_tars(iter_samples(shards), tars)
+        train_tokenizer(shards, tok, vocab_size=1000)
+        _decompress_in_place(shards)
+        with open(os.path.join(root, "done"), "w") as fh:
+            fh.write(f"{time.perf_counter() - t0:.1f}s\n")
+    return shards, tars, tok
+
+
+def _write_tars(samples, out: str, per_tar: int = 1000) -> None:
+    import io
+
+    os.makedirs(out, exist_ok=True)
+    tar, n = None, 0
+    for sample in samples:
+        if n % per_tar == 0:
+            if tar:
+                tar.close()
+            tar = tarfile.open(os.path.join(out, f"shard-{n // per_tar:05d}.tar"), "w")  # uncompressed
+        ext = "png" if sample["meta"]["codec"] == "png" else "jpg"
+        meta = json.dumps({k: sample[k] for k in ("captions", "modality", "labels", "uid")}).encode()
+        for name, payload in ((f"{n:08d}.{ext}", sample["image"]), (f"{n:08d}.json", meta)):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+        n += 1
+    if tar:
+        tar.close()
+
+
+def _decompress_in_place(root: str) -> None:
+    """Do once what StreamingDataset does on first read of local zstd shards, so no run pays it."""
+    from streaming.base.compression import decompress
+
+    from unimed.streaming.shards import find_mds_dirs
+
+    for d in find_mds_dirs(root):
+        for info in json.load(open(os.path.join(d, "index.json")))["shards"]:
+            raw = os.path.join(d, info["raw_data"]["basename"])
+            if info.get("zip_data") and not os.path.exists(raw):
+                with open(os.path.join(d, info["zip_data"]["basename"]), "rb") as fh:
+                    data = decompress(info["compression"], fh.read())
+                with open(raw, "wb") as fh:
+                    fh.write(data)
+
+
+def _measure(batches, batch_images) -> dict[str, float]:
+    """Time to first batch, then images/s over the rest."""
+    start = time.perf_counter()
+    it = iter(batches)
+    first = next(it)
+    t_first = time.perf_counter()
+    n = 0
+    for batch in it:
+        n += batch_images(batch)
+    elapsed = time.perf_counter() - t_first
+    del first
+    return {"ttfb_s": round(t_first - start, 3), "images_per_s": round(n / elapsed, 1), "images": n}
+
+
+def run_one(name: str, shards: str, tars: str, tok: str, workers: int, batch: int) -> dict[str, Any]:
+    """Measure one configuration in this process."""
+    from benchmarks import loader_baselines as bl
+
+    if name == "loader":
+        from unimed.streaming.loader import LoaderConfig, build_loader
+
+        cfg = LoaderConfig(
+            shards=sorted(os.path.join(shards, m) for m in SHARE),
+            tokenizer=tok,
+            batch_size=batch,
+            num_workers=workers,
+            dali_threads=workers,
+            image_size=224,
+            drop_last=False,
+        )
+        spec = build_loader(cfg)
+        out = _measure(spec.dataloader, lambda b: b["image"].shape[0])
+        out["device"] = "gpu" if spec.dataloader.dali_server._pipe.device_id is not None else "cpu"
+    elif name == "pil":
+        out = _measure(bl.pil_loader(shards, tok, workers, batch), lambda b: b[0].shape[0])
+    elif name == "webdataset":
+        out = _measure(bl.tar_loader(tars, tok, workers, batch), lambda b: b[0].shape[0])
+    elif name == "decode_ceiling":
+        out = bl.decode_ceiling(shards, threads=workers, batch=batch)
+    else:
+        raise ValueError(f"unknown configuration {name!r}")
+    out["peak_rss_main_mb"] = round(peak_rss_mb(), 1)
+    out["peak_rss_worker_mb"] = round(peak_rss_mb(children=True), 1)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=None, help="images in the shards (20000; --quick 2000)")
+    parser.add_argument("--size", type=int, default=512, help="stored longer side (the converter's default)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--data", default=os.environ.get("UNIMED_BENCH_DATA", "/tmp/unimed-bench-loader"))
+    parser.add_argument("--only", choices=CONFIGS, help=argparse_suppress())
+    args = parser.parse_args(argv)
+    images = args.images or (2000 if args.quick else 20000)
+    shards, tars, tok = prepare(args.data, images, args.size)
+    if args.only:  # child process: one configuration, JSON on the last line
+        print(json.dumps(run_one(args.only, shards, tars, tok, args.workers, args.batch_size)))
+        return {}
+    report = Report("loader", args.quick)
+    for name in CONFIGS:
+        cmd = [sys.executable, os.path.abspath(__file__), "--only", name, "--images", str(images)]
+        cmd += [
+            "--size",
+            str(args.size),
+            "--workers",
+            str(args.workers),
+            "--batch-size",
+            str(args.batch_size),
+        ]
+        cmd += ["--data", args.data]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{name} failed:\n{done.stderr[-3000:]}")
+        report.add(name, **json.loads(done.stdout.strip().splitlines()[-1]))
+    report.add(
+        "setup", images=images, stored_size=args.size, workers=args.workers, batch_size=args.batch_size
+    )
+    ips = {k: report.results[k]["images_per_s"] for k in CONFIGS}
+    report.ratio("loader/pil", ips["loader"], ips["pil"])
+    report.ratio("loader/webdataset", ips["loader"], ips["webdataset"])
+    report.ratio("loader/decode_ceiling", ips["loader"], ips["decode_ceiling"])
+    return report.finish(args.json)
+
+
+def argparse_suppress() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    main()
