@@ -94,6 +94,8 @@ class NiftiSource(Source):
                 nonzero = finite[finite != finite.min()] if finite.size else finite
                 ref = nonzero if nonzero.size > 0.01 * max(finite.size, 1) else finite
                 a, b = (float(v) for v in np.percentile(ref, [lo, hi])) if ref.size else (0.0, 0.0)
+                if b <= a and finite.size:  # e.g. a binary mask: fall back to the volume's range
+                    a, b = float(finite.min()), float(finite.max())
                 window_meta: object = f"percentile {lo}-{hi}"
             for k in range(vol.shape[axis]):
                 sl = np.take(vol, k, axis=axis)

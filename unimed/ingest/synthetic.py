@@ -1,0 +1,88 @@
+"""Synthetic inputs for scale: CT series written with pydicom and volumes written with nibabel.
+
+Used by the benchmarks and by the tests that need more than the sample files (crash safety).
+The pixels are a smooth phantom with noise, so encoders see realistic content.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["phantom_slice", "write_ct_series", "write_nifti_volumes"]
+
+
+def phantom_slice(size: int, k: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """An int16 CT-like slice in Hounsfield units: air, a body ellipse, organs and bone."""
+    y, x = np.mgrid[-1:1:complex(size), -1:1:complex(size)]
+    t = k / max(n - 1, 1)
+    hu = np.full((size, size), -1000.0)
+    body = (x / 0.85) ** 2 + (y / (0.65 + 0.1 * t)) ** 2 < 1
+    hu[body] = 40
+    hu[((x + 0.35) / 0.2) ** 2 + (y / 0.3) ** 2 < 1] = -700  # lungs
+    hu[((x - 0.35) / 0.2) ** 2 + (y / 0.3) ** 2 < 1] = -700
+    hu[(x / 0.08) ** 2 + ((y - 0.45) / 0.08) ** 2 < 1] = 900  # spine
+    hu[((x - 0.1) / 0.15) ** 2 + ((y + 0.1 - 0.2 * t) / 0.12) ** 2 < 1] = 60  # an organ
+    hu += rng.normal(0, 15, hu.shape)
+    return np.clip(hu, -1024, 3071).astype(np.int16)
+
+
+def write_ct_series(folder: str | Path, n: int, size: int = 512, seed: int = 0) -> list[Path]:
+    """Write an uncompressed CT series of ``n`` slices (int16, rescale intercept 0) with pydicom."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    study, series = generate_uid(), generate_uid()
+    paths = []
+    for k in range(n):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.Modality = "CT"
+        ds.PatientName, ds.PatientID = "Synthetic^Phantom", "SYN0001"
+        ds.BodyPartExamined = "CHEST"
+        ds.InstanceNumber = k + 1
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [0.0, 0.0, float(k) * 1.25]
+        ds.PixelSpacing = [0.7, 0.7]
+        ds.SliceThickness = 1.25
+        ds.Rows = ds.Columns = size
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.PixelRepresentation = 1
+        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+        ds.PixelData = phantom_slice(size, k, n, rng).tobytes()
+        path = folder / f"slice{k:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def write_nifti_volumes(folder: str | Path, n_volumes: int, slices: int, size: int = 512, seed: int = 0,
+                        gz: bool = True) -> list[Path]:
+    """Write ``n_volumes`` CT volumes of ``slices`` slices each (int16 HU) with nibabel."""
+    import nibabel as nib
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for v in range(n_volumes):
+        data = np.stack([phantom_slice(size, k, slices, rng) for k in range(slices)], axis=-1)
+        img = nib.Nifti1Image(data, np.diag([0.7, 0.7, 1.25, 1.0]))
+        img.header.set_zooms((0.7, 0.7, 1.25))
+        path = folder / f"vol{v:03d}.nii{'.gz' if gz else ''}"
+        nib.save(img, path)
+        paths.append(path)
+    return paths
