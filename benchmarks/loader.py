@@ -8,8 +8,9 @@
    tars (``{key}.jpg``/``.png`` + ``{key}.json``), read with ``tarfile``, PIL + torchvision.
 4. ``decode_ceiling``: decoding alone (DALI's decoder, all threads), images already in memory.
 
-Each configuration runs in its own process (clean peak memory, no shared-memory reuse); the
-throughput excludes the first batch, whose latency is reported as ``ttfb_s``. Run:
+Each configuration runs in its own process (clean peak memory, no shared-memory reuse), ``--repeats``
+times, interleaved; the median run is reported. Throughput excludes the first batch, whose latency
+is reported as ``ttfb_s``. Run:
 ``python benchmarks/loader.py [--quick] [--json PATH]``.
 """
 
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--data", default=os.environ.get("UNIMED_BENCH_DATA", "/tmp/unimed-bench-loader"))
+    parser.add_argument("--repeats", type=int, default=None, help="runs per configuration (3; full: 2)")
     parser.add_argument("--only", choices=CONFIGS, help=argparse_suppress())
     args = parser.parse_args(argv)
     images = args.images or (2000 if args.quick else 20000)
@@ -152,23 +154,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(json.dumps(run_one(args.only, shards, tars, tok, args.workers, args.batch_size)))
         return {}
     report = Report("loader", args.quick)
-    for name in CONFIGS:
-        cmd = [sys.executable, os.path.abspath(__file__), "--only", name, "--images", str(images)]
-        cmd += [
-            "--size",
-            str(args.size),
-            "--workers",
-            str(args.workers),
-            "--batch-size",
-            str(args.batch_size),
-        ]
-        cmd += ["--data", args.data]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"{name} failed:\n{done.stderr[-3000:]}")
-        report.add(name, **json.loads(done.stdout.strip().splitlines()[-1]))
+    repeats = args.repeats or (3 if args.quick else 2)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONFIGS}
+    for _ in range(repeats):  # interleaved, so a busy spell on a shared machine hits every config
+        for name in CONFIGS:
+            cmd = [sys.executable, os.path.abspath(__file__), "--only", name, "--images", str(images)]
+            cmd += ["--size", str(args.size), "--workers", str(args.workers)]
+            cmd += ["--batch-size", str(args.batch_size), "--data", args.data]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"{name} failed:\n{done.stderr[-3000:]}")
+            runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    for name, results in runs.items():
+        median = sorted(results, key=lambda r: r["images_per_s"])[len(results) // 2]
+        report.add(name, **median, all_images_per_s=[r["images_per_s"] for r in results])
     report.add(
-        "setup", images=images, stored_size=args.size, workers=args.workers, batch_size=args.batch_size
+        "setup",
+        images=images,
+        stored_size=args.size,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        repeats=repeats,
     )
     ips = {k: report.results[k]["images_per_s"] for k in CONFIGS}
     report.ratio("loader/pil", ips["loader"], ips["pil"])

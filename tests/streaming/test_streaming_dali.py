@@ -29,13 +29,20 @@ def _run(pipe, images: list[np.ndarray], flips: list[int]) -> np.ndarray:
     return np.array(out.as_tensor())
 
 
-def test_16bit_png_keeps_its_low_bits():
+def test_16bit_png_keeps_its_low_bits_in_float():
     ramp = np.tile(np.arange(64, dtype=np.uint16) * 3, (64, 1))  # all below 256: zero as 8-bit
-    pipe = build_pipeline(AugmentConfig(image_size=64, train=False, **PLAIN), batch_size=1, device="cpu")
-    out = _run(pipe, [_png(ramp)], [0])[0]
+    aug = AugmentConfig(image_size=64, train=False, decode_dtype="float", **PLAIN)
+    out = _run(build_pipeline(aug, batch_size=1, device="cpu"), [_png(ramp)], [0])[0]
     assert out.shape == (3, 64, 64)
     assert np.allclose(out[0], out[1]) and np.allclose(out[0], out[2])  # grey -> 3 equal channels
     np.testing.assert_allclose(out[0], ramp / 65535.0, atol=2e-6)
+
+
+def test_16bit_png_scaled_not_clipped_in_uint8():
+    ramp = np.tile(np.arange(64, dtype=np.uint16) * 1000, (64, 1))  # up to 63000 of 65535
+    aug = AugmentConfig(image_size=64, train=False, decode_dtype="uint8", **PLAIN)
+    out = _run(build_pipeline(aug, batch_size=1, device="cpu"), [_png(ramp)], [0])[0]
+    np.testing.assert_allclose(out[1], ramp / 65535.0, atol=1.5 / 255)
 
 
 def test_flip_only_where_allowed():

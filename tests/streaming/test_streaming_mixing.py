@@ -66,3 +66,13 @@ def test_measured_shares_match_proportions(shards):
     assert total == 1000
     for modality, share in want.items():
         assert abs(counts[modality] / total - share) <= 0.02, (modality, counts)
+
+
+def test_example_mix_parses():
+    import os
+
+    import unimed.streaming
+
+    path = os.path.join(os.path.dirname(unimed.streaming.__file__), "mixes", "example.yaml")
+    entries, cache = load_mix(path)
+    assert cache and len(entries) == 6 and abs(sum(e.proportion for e in entries) - 1.0) < 1e-9

@@ -6,10 +6,12 @@ present) and every later operator runs on the GPU; without one the same graph ru
 decided once, in :func:`choose_device`, logged with the reason, and overridable by argument or by
 the ``UNIMED_DALI_DEVICE`` environment variable.
 
-Images are decoded to float in [0, 1] so 16-bit PNGs keep their full range (8-bit images lose
-nothing either), converted to RGB (grey images become 3 equal channels), randomly cropped (area
-``scale``, aspect ``ratio``), resized to ``image_size``, flipped only where the sample's ``flip``
-flag allows, and normalized to CHW float32.
+Images are decoded to RGB (grey images become 3 equal channels), randomly cropped (area ``scale``,
+aspect ``ratio``), resized to ``image_size``, flipped only where the sample's ``flip`` flag allows,
+and normalized to CHW float32. The decoder's output type is ``decode_dtype``: ``float`` keeps every
+bit of 16-bit PNGs (values in [0, 1]); ``uint8`` maps them onto 8 bits (the full range, scaled, not
+clipped) and halves the CPU work of decode + resize. ``auto`` (the default) takes float on the GPU,
+where it costs nothing measurable, and uint8 on CPU operators, where it doubles the throughput.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class AugmentConfig:
     mean: tuple[float, float, float] = CLIP_MEAN  # of [0, 1] pixels
     std: tuple[float, float, float] = CLIP_STD
     train: bool = True  # False: resize the shorter side and center-crop, no randomness
+    decode_dtype: str = "auto"  # "float": 16-bit PNGs keep their low bits; "uint8": half the CPU cost
 
 
 def choose_device(requested: str = "auto") -> str:
@@ -83,12 +86,18 @@ def build_pipeline(
 
     if device not in ("gpu", "cpu"):
         raise ValueError(f"device must be 'gpu' or 'cpu', got {device!r}")
-    if device == "gpu" and device_id is None:
+    if device == "gpu" and device_id is None:  # this rank's GPU, even before Composer sets the device
         import torch
 
-        device_id = torch.cuda.current_device()
+        device_id = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
     size = aug.image_size
     decoder = "mixed" if device == "gpu" else "cpu"
+    dtype_name = aug.decode_dtype if aug.decode_dtype != "auto" else ("float" if device == "gpu" else "uint8")
+    if dtype_name not in ("float", "uint8"):
+        raise ValueError(f"decode_dtype must be 'auto', 'float' or 'uint8', got {aug.decode_dtype!r}")
+    dtype = types.FLOAT if dtype_name == "float" else types.UINT8
+    scale = 1.0 if dtype_name == "float" else 255.0  # mean/std are given for [0, 1] pixels
+    mean, std = [m * scale for m in aug.mean], [s * scale for s in aug.std]
 
     @pipeline_def(
         batch_size=batch_size,
@@ -105,7 +114,7 @@ def build_pipeline(
                 encoded,
                 device=decoder,
                 output_type=types.RGB,
-                dtype=types.FLOAT,
+                dtype=dtype,
                 random_area=list(aug.scale),
                 random_aspect_ratio=list(aug.ratio),
                 num_attempts=10,
@@ -116,11 +125,11 @@ def build_pipeline(
                 * fn.cast(flip, dtype=types.INT32)
             }
         else:
-            images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB, dtype=types.FLOAT)
+            images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB, dtype=dtype)
             images = fn.resize(images, resize_shorter=size, antialias=True)
             extra = {"crop": (size, size), "mirror": fn.cast(flip, dtype=types.INT32) * 0}  # flip fed, unused
         return fn.crop_mirror_normalize(
-            images, dtype=types.FLOAT, output_layout="CHW", mean=list(aug.mean), std=list(aug.std), **extra
+            images, dtype=types.FLOAT, output_layout="CHW", mean=mean, std=std, **extra
         )
 
     return pipe()

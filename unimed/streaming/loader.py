@@ -57,6 +57,7 @@ class LoaderConfig:
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
     train: bool = True  # False: deterministic resize + center crop, no shuffle
+    decode_dtype: str = "auto"  # float (16-bit PNG low bits kept) | uint8 (2x faster on CPU) | auto
     device: str = "auto"  # DALI placement: auto | gpu | cpu ($UNIMED_DALI_DEVICE overrides auto)
     dali_threads: int = 2
     prefetch_factor: int = 2  # batches in flight per worker
@@ -76,6 +77,7 @@ class LoaderConfig:
             mean=tuple(self.mean),
             std=tuple(self.std),
             train=self.train,
+            decode_dtype=self.decode_dtype,
         )
 
 

@@ -131,38 +131,53 @@ def dicom_frame_to_display(arr: np.ndarray, ds: Any, frame: int, modality: str, 
         meta["window"] = "rgb"
         return intensity.to_uint(y, 8), meta
 
-    # Monochrome: modality LUT or rescale (Hounsfield units for CT).
-    if ds.get("ModalityLUTSequence"):
-        x = apply_modality_lut(arr, ds).astype(np.float32)
-    else:
-        slope = _first(_frame_attr(ds, frame, "PixelValueTransformationSequence", "RescaleSlope"))
-        icpt = _first(_frame_attr(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept"))
-        x = arr.astype(np.float32) * (slope if slope is not None else 1.0) + (icpt or 0.0)
-
+    # Monochrome: modality LUT or rescale (Hounsfield units for CT), then a window.
+    modality_lut = bool(ds.get("ModalityLUTSequence"))
+    slope = _first(_frame_attr(ds, frame, "PixelValueTransformationSequence", "RescaleSlope"))
+    icpt = _first(_frame_attr(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept")) or 0.0
+    slope = 1.0 if slope is None or slope == 0 else slope
     windows = intensity.parse_windows(opts.window)
     center = _first(_frame_attr(ds, frame, "FrameVOILUTSequence", "WindowCenter"))
     width = _first(_frame_attr(ds, frame, "FrameVOILUTSequence", "WindowWidth"))
     function = str(_frame_attr(ds, frame, "FrameVOILUTSequence", "VOILUTFunction") or "LINEAR")
     if windows is None and modality == "ct" and opts.window == "auto":
         windows = [intensity.HU_WINDOWS[intensity.DEFAULT_CT_WINDOW]]
-    if windows is not None:
-        chans = [intensity.apply_window(x, c, w) for c, w in windows]
-        y = chans[0] if len(chans) == 1 else np.stack(chans, axis=-1)
-        meta["window"] = [list(w) for w in windows] if len(windows) > 1 else list(windows[0])
-    elif ds.get("VOILUTSequence"):
-        v = apply_voi(arr if not ds.get("ModalityLUTSequence") else x, ds).astype(np.float32)
+    invert = photometric == "MONOCHROME1"
+
+    if windows is None and ds.get("VOILUTSequence"):
+        v = apply_voi(apply_modality_lut(arr, ds) if modality_lut else arr, ds).astype(np.float32)
         y, _ = intensity.percentile_scale(v, 0.0, 100.0)
         meta["window"] = "voi_lut"
+        return intensity.to_uint(1.0 - y if invert else y, opts.bits), meta
+
+    if windows is not None:
+        meta["window"] = [list(w) for w in windows] if len(windows) > 1 else list(windows[0])
     elif center is not None and width is not None and width > 0:
-        y = intensity.apply_window(x, center, width, function)
-        meta["window"] = [round(center, 3), round(width, 3)]
+        windows, meta["window"] = [(center, width)], [round(center, 3), round(width, 3)]
     else:
-        lo, hi = opts.percentiles
-        y, _ = intensity.percentile_scale(x, lo, hi)
-        meta["window"] = f"percentile {lo}-{hi}"
-    if photometric == "MONOCHROME1":
-        y = 1.0 - y
-    return intensity.to_uint(y, opts.bits), meta
+        function = "LINEAR_EXACT"  # percentiles: a plain linear map between the two values
+        lo_p, hi_p = opts.percentiles
+        ref = apply_modality_lut(arr, ds).astype(np.float32) if modality_lut else arr
+        a, b = (float(v) for v in np.percentile(ref, [lo_p, hi_p]))
+        if not modality_lut:
+            a, b = sorted((a * slope + icpt, b * slope + icpt))
+        if b <= a:
+            a, b = a, a + 1.0
+        windows = [((a + b) / 2.0, b - a)]
+        meta["window"] = f"percentile {lo_p}-{hi_p}"
+
+    def transfer(x: np.ndarray) -> np.ndarray:
+        chans = [intensity.apply_window(x, c, w, function) for c, w in windows]
+        y = chans[0] if len(chans) == 1 else np.stack(chans, axis=-1)
+        return intensity.to_uint(1.0 - y if invert else y, opts.bits)
+
+    if not modality_lut and arr.dtype.kind in "iu":
+        lo, hi = int(arr.min()), int(arr.max())
+        if hi - lo < (1 << 18):  # integer pixels: apply the transform once per value, then look up
+            lut = transfer(np.arange(lo, hi + 1, dtype=np.float32) * np.float32(slope) + np.float32(icpt))
+            return np.take(lut, np.subtract(arr, lo, dtype=np.int32), axis=0), meta
+    x = apply_modality_lut(arr, ds).astype(np.float32) if modality_lut else arr.astype(np.float32) * slope + icpt
+    return transfer(x), meta
 
 
 @register

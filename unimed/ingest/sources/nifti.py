@@ -98,7 +98,7 @@ class NiftiSource(Source):
                     a, b = float(finite.min()), float(finite.max())
                 window_meta: object = f"percentile {lo}-{hi}"
             for k in range(vol.shape[axis]):
-                sl = np.take(vol, k, axis=axis)
+                sl = vol[(slice(None),) * axis + (k,)]  # a view: no copy of the volume
                 if not np.isfinite(sl).all():
                     sl = np.nan_to_num(sl, nan=0.0, posinf=0.0, neginf=0.0)
                 if intensity.is_empty(sl):
