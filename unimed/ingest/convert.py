@@ -337,7 +337,6 @@ def convert(cfg: ConvertConfig, echo: Any = print) -> dict:
     """Run the whole conversion; return the summary (also written to ``<out>/summary.json``)."""
     cfg.check()
     quiet_libraries()
-    start = time.perf_counter()
     opts = Options(modality=cfg.modality, window=cfg.window, axis=cfg.axis,
                    allow_burned_in=cfg.allow_burned_in, bits=cfg.bits)
     wopts = WriteOptions(codec=cfg.codec, quality=cfg.quality, max_side=cfg.max_side,
@@ -353,6 +352,9 @@ def convert(cfg: ConvertConfig, echo: Any = print) -> dict:
         raise UserError(f"{out} is not empty: pass --resume to continue an interrupted run, or choose a new --out")
     os.makedirs(state, exist_ok=True)
 
+    import streaming  # noqa: F401  (imported once here, so forked workers do not each import torch)
+
+    start = time.perf_counter()  # after the imports: the figure is about converting, not starting up
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     queue = ctx.Queue() if cfg.workers > 1 else None
     pool = ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(queue,)) if cfg.workers > 1 else None
