@@ -42,7 +42,10 @@ def _config(mix: str, tokenizer_dir: str, **kw) -> LoaderConfig:
 
 def _check_batch(batch: dict, cfg: LoaderConfig) -> None:
     b = len(batch["uid"])
-    assert batch["image"].shape == (b, 3, cfg.image_size, cfg.image_size) and batch["image"].dtype == torch.float32
+    assert (
+        batch["image"].shape == (b, 3, cfg.image_size, cfg.image_size)
+        and batch["image"].dtype == torch.float32
+    )
     assert batch["tokens"].shape == (b, cfg.context_length) and batch["modality"].shape == (b,)
     assert batch["image"].abs().max() <= 1.0 + 1e-5  # normalized with mean = std = 0.5
     grey = (batch["image"][:, 0] == batch["image"][:, 1]).flatten(1).all(1)
@@ -113,7 +116,7 @@ def test_reiterating_after_a_break_keeps_images_with_their_uids(mix, tokenizer_d
     """Batches the DALI server made for an abandoned iterator never reach the next one."""
     cfg = _config(mix, tokenizer_dir)
     spec = build_loader(cfg)
-    for i, batch in enumerate(spec.dataloader):
+    for i, _batch in enumerate(spec.dataloader):
         if i == 2:
             break
     for batch in spec.dataloader:

@@ -167,7 +167,9 @@ class UnimedDataLoader(proxy.DataLoader):
             uid = batch["uid"][i]
             if uid not in self.bad_uids:
                 self.bad_uids.add(uid)
-                logger.warning("unimed.streaming: skipped undecodable image uid=%s (%s)", uid, batch["error"][i])
+                logger.warning(
+                    "unimed.streaming: skipped undecodable image uid=%s (%s)", uid, batch["error"][i]
+                )
 
     def ensure_server_listening(self) -> None:
         """Start the DALI server thread (as a daemon) if it is not running."""

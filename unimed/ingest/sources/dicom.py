@@ -48,7 +48,7 @@ def dcmread(path: str | Path, header_only: bool = False) -> Any:
     from pydicom.errors import InvalidDicomError
     from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-    kw = {"defer_size": 1024} if header_only else {}  # large values (pixels) stay on disk
+    kw: dict[str, Any] = {"stop_before_pixels": True, "specific_tags": PLAN_TAGS} if header_only else {}
     try:
         return pydicom.dcmread(path, **kw)
     except InvalidDicomError:
@@ -67,6 +67,13 @@ def dcmread(path: str | Path, header_only: bool = False) -> Any:
             ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
         )
     return ds
+
+
+#: What planning reads of a header (the pixels and everything else stay on disk).
+PLAN_TAGS = [
+    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "Modality", "Rows", "Columns", "NumberOfFrames",
+    "InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient", "BurnedInAnnotation",
+]
 
 
 def _read_header(path: Path) -> Any:
@@ -96,12 +103,13 @@ def _slice_position(ds: Any) -> float | None:
 
 def _frame_attr(ds: Any, frame: int, seq: str, keyword: str) -> Any:
     """An attribute from the per-frame, then shared functional groups, then the top level."""
-    for groups, idx in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
-        items = ds.get(groups)
-        if items and len(items) > idx:
-            sub = items[idx].get(seq)
-            if sub and keyword in sub[0]:
-                return sub[0].get(keyword)
+    if "SharedFunctionalGroupsSequence" in ds or "PerFrameFunctionalGroupsSequence" in ds:
+        for groups, idx in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+            items = ds.get(groups)
+            if items and len(items) > idx:
+                sub = items[idx].get(seq)
+                if sub and keyword in sub[0]:
+                    return sub[0].get(keyword)
     return ds.get(keyword)
 
 
@@ -193,7 +201,7 @@ class DicomSource(Source):
 
     def plan(self, path: Path, opts: Options) -> Task:
         ds = _read_header(path)
-        if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        if "Rows" not in ds or "Columns" not in ds:  # every image IOD has them; SR, RT plans do not
             sop = getattr(ds.get("SOPClassUID"), "name", "unknown SOP class")
             raise RejectError(f"DICOM file holds no image ({sop})")
         modality = _modality(ds, opts)
