@@ -124,3 +124,14 @@ def test_inspect_counts_and_contact_sheet(tmp_path, helpers, series, capsys):
         assert im.width > 600 and im.height >= 192
     summary = json.loads((out / "summary.json").read_text())
     assert summary["modality"] == {"ct": 48} and summary["images"] == 48 and summary["bytes_per_image"] > 0
+
+
+def test_tokenizer_command_trains_on_the_shard_captions(tmp_path, helpers, series):
+    out = tmp_path / "out"
+    helpers.convert([series], out)
+    assert cli.main(["tokenizer", str(out), "--vocab-size", "120"]) == 0
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(out / "tokenizer"), local_files_only=True)
+    ids = tok("A CT scan of the chest.")["input_ids"]
+    assert tok.unk_token_id not in ids and len(ids) > 3

@@ -1,4 +1,4 @@
-"""The ``ingest`` command: convert, verify, inspect, merge.
+"""The ``ingest`` command: convert, verify, inspect, merge, tokenizer.
 
 Thin: each subcommand parses flags, builds a config and calls one library function. A
 :class:`~unimed.errors.UserError` is printed as one line and exits 2; tracebacks are for bugs.
@@ -107,6 +107,19 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tokenizer(args: argparse.Namespace) -> int:
+    import os
+
+    from unimed.streaming.tokenizer import train_tokenizer
+
+    if not os.path.isdir(args.dir):
+        raise UserError(f"{args.dir}: no such folder")
+    out = args.out or os.path.join(args.dir, "tokenizer")
+    train_tokenizer(args.dir, out, vocab_size=args.vocab_size, context_length=args.context_length)
+    print(f"tokenizer saved to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ingest`` argument parser."""
     parser = argparse.ArgumentParser(prog="ingest", description="Medical images into MDS shards for CLIP training.")
@@ -126,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("merge", help="merge the chunk folders of DIR (e.g. the parts of a split job)")
     m.add_argument("dir")
     m.set_defaults(func=_cmd_merge)
+    t = sub.add_parser("tokenizer", help="train a WordPiece tokenizer on the captions of DIR (saved beside them)")
+    t.add_argument("dir")
+    t.add_argument("--out", help="tokenizer folder (default DIR/tokenizer)")
+    t.add_argument("--vocab-size", type=int, default=8192)
+    t.add_argument("--context-length", type=int, default=256)
+    t.set_defaults(func=_cmd_tokenizer)
     return parser
 
 
