@@ -118,7 +118,7 @@ def run_one(name: str, shards: str, tars: str, tok: str, workers: int, batch: in
             tokenizer=tok,
             batch_size=batch,
             num_workers=workers,
-            dali_threads=workers,
+            dali_threads=workers + 1,  # one spare: the proxy's feed thread blocks on outputs between feeds
             image_size=224,
             drop_last=False,
         )
