@@ -33,6 +33,14 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12))
 
 
+def _check(loss, grads, ref, ref_grads, tol: float = 1e-4) -> None:
+    """Finite, and within ``tol`` (relative) of the float64 reference in loss and every gradient."""
+    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
+    assert abs(float(loss) - float(ref)) / abs(float(ref)) < tol
+    for g, r in zip(grads, ref_grads):
+        assert _rel(g, r) < tol
+
+
 def _grads(fn, *tensors):
     leaves = [t.detach().clone().requires_grad_() for t in tensors]
     loss = fn(*leaves)
@@ -47,10 +55,7 @@ def test_clip_loss_matches_reference_fp32(n, d, scale):
     s = torch.tensor([scale], device=DEVICE)
     loss, grads = _grads(lambda x, y, z: clip_loss(x, y, z, impl="triton"), a, b, s)
     ref, ref_grads = _grads(clip_loss_reference, a.double(), b.double(), s.double())
-    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
-    assert abs(float(loss) - float(ref)) / abs(float(ref)) < 1e-4
-    for g, r in zip(grads, ref_grads):
-        assert _rel(g, r) < 1e-4
+    _check(loss, grads, ref, ref_grads)
 
 
 def test_unnormalized_features_and_large_logits_stay_finite():
@@ -58,10 +63,7 @@ def test_unnormalized_features_and_large_logits_stay_finite():
     s = torch.tensor([100.0], device=DEVICE)  # logits in the thousands: only a stable LSE survives
     loss, grads = _grads(lambda x, y, z: clip_loss(x, y, z, impl="triton"), a, b, s)
     ref, ref_grads = _grads(clip_loss_reference, a.double(), b.double(), s.double())
-    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
-    assert abs(float(loss) - float(ref)) / abs(float(ref)) < 1e-4
-    for g, r in zip(grads, ref_grads):
-        assert _rel(g, r) < 1e-4
+    _check(loss, grads, ref, ref_grads)
 
 
 def test_bf16_inputs_within_bf16_tolerance():

@@ -22,6 +22,15 @@ __all__ = ["row_stat"]
 
 
 @triton.jit
+def _tile(PTR, idx, n, stride, dk, D, UPCAST: tl.constexpr):
+    """Rows ``idx`` (masked at ``n``) of a row-major [n, D] matrix, zero-padded to the block width."""
+    t = tl.load(PTR + idx[:, None] * stride + dk[None, :], mask=(idx[:, None] < n) & (dk[None, :] < D), other=0.0)
+    if UPCAST:
+        t = t.to(tl.float32)
+    return t
+
+
+@triton.jit
 def _stat_fwd(R, C, SCALE, BIAS, OUT, N, M, D, stride_r, stride_c,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
               MODE: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
@@ -29,9 +38,7 @@ def _stat_fwd(R, C, SCALE, BIAS, OUT, N, M, D, stride_r, stride_c,
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     dk = tl.arange(0, BLOCK_D)
     rmask = rows < N
-    r = tl.load(R + rows[:, None] * stride_r + dk[None, :], mask=rmask[:, None] & (dk[None, :] < D), other=0.0)
-    if UPCAST:
-        r = r.to(tl.float32)
+    r = _tile(R, rows, N, stride_r, dk, D, UPCAST)
     s = tl.load(SCALE).to(tl.float32)
     b = tl.load(BIAS).to(tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -39,9 +46,7 @@ def _stat_fwd(R, C, SCALE, BIAS, OUT, N, M, D, stride_r, stride_c,
     for start in range(0, M, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         cmask = cols < M
-        c = tl.load(C + cols[:, None] * stride_c + dk[None, :], mask=cmask[:, None] & (dk[None, :] < D), other=0.0)
-        if UPCAST:
-            c = c.to(tl.float32)
+        c = _tile(C, cols, M, stride_c, dk, D, UPCAST)
         x = tl.dot(r, tl.trans(c), input_precision=PREC) * s
         if MODE == 0:
             x = tl.where(cmask[None, :], x, float("-inf"))
@@ -78,9 +83,7 @@ def _stat_bwd_rows(R, C, SCALE, BIAS, STAT, G, DR, DS, DB, N, M, D, stride_r, st
     dk = tl.arange(0, BLOCK_D)
     rmask = rows < N
     dmask = dk[None, :] < D
-    r = tl.load(R + rows[:, None] * stride_r + dk[None, :], mask=rmask[:, None] & dmask, other=0.0)
-    if UPCAST:
-        r = r.to(tl.float32)
+    r = _tile(R, rows, N, stride_r, dk, D, UPCAST)
     s = tl.load(SCALE).to(tl.float32)
     b = tl.load(BIAS).to(tl.float32)
     stat = tl.load(STAT + rows, mask=rmask, other=0.0)
@@ -91,9 +94,7 @@ def _stat_bwd_rows(R, C, SCALE, BIAS, STAT, G, DR, DS, DB, N, M, D, stride_r, st
     for start in range(0, M, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         cmask = cols < M
-        c = tl.load(C + cols[:, None] * stride_c + dk[None, :], mask=cmask[:, None] & dmask, other=0.0)
-        if UPCAST:
-            c = c.to(tl.float32)
+        c = _tile(C, cols, M, stride_c, dk, D, UPCAST)
         S = tl.dot(r, tl.trans(c), input_precision=PREC)
         p = _prob(S, s, b, stat, MODE)
         p = tl.where(cmask[None, :], p, 0.0) * g[:, None]
@@ -114,18 +115,14 @@ def _stat_bwd_cols(R, C, SCALE, BIAS, STAT, G, DC, N, M, D, stride_r, stride_c,
     dk = tl.arange(0, BLOCK_D)
     cmask = cols < M
     dmask = dk[None, :] < D
-    c = tl.load(C + cols[:, None] * stride_c + dk[None, :], mask=cmask[:, None] & dmask, other=0.0)
-    if UPCAST:
-        c = c.to(tl.float32)
+    c = _tile(C, cols, M, stride_c, dk, D, UPCAST)
     s = tl.load(SCALE).to(tl.float32)
     b = tl.load(BIAS).to(tl.float32)
     acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for start in range(0, N, BLOCK_M):
         rows = start + tl.arange(0, BLOCK_M)
         rmask = rows < N
-        r = tl.load(R + rows[:, None] * stride_r + dk[None, :], mask=rmask[:, None] & dmask, other=0.0)
-        if UPCAST:
-            r = r.to(tl.float32)
+        r = _tile(R, rows, N, stride_r, dk, D, UPCAST)
         stat = tl.load(STAT + rows, mask=rmask, other=0.0)
         g = tl.load(G + rows, mask=rmask, other=0.0)
         S = tl.dot(r, tl.trans(c), input_precision=PREC)
