@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from nvidia.dali.plugin.pytorch.experimental import proxy
 from torch.utils.data import dataloader as torch_dataloader
 
@@ -231,5 +232,8 @@ def build_loader(cfg: LoaderConfig, tokenizer: CaptionTokenizer | None = None): 
         prefetch_factor=cfg.prefetch_factor if cfg.num_workers > 0 else None,
         persistent_workers=False,
         pin_memory=False,
+        # Its own generator: worker seeds must not draw from the global torch RNG, which Composer
+        # checkpoints for dropout; otherwise a resumed run's dropout stream is one draw apart.
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
     return DataSpec(loader, num_samples=dataset.size, get_num_samples_in_batch=num_samples_in_batch)

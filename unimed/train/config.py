@@ -1,0 +1,135 @@
+"""The typed training config: YAML + ``a.b=c`` overrides, validated by OmegaConf against dataclasses.
+
+A key that is not a field (``optimizer.learning_rate`` for ``optimizer.lr``) or a value of the wrong
+type is a :class:`unimed.errors.UserError` naming the key and the file, never a silent default.
+The resolved config is saved beside the checkpoints (``save_folder/config.yaml``) so evaluation
+rebuilds the same model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from unimed.errors import UserError
+from unimed.streaming.loader import LoaderConfig
+from unimed.train.model import ModelConfig
+
+__all__ = [
+    "OptimizerConfig", "SchedulerConfig", "ZeroShotConfig", "FSDPConfig", "TrainConfig",
+    "load_config", "save_config", "config_from_dict",
+]
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW; no weight decay on gains, biases and the logit scale (every parameter of fewer than 2 dims)."""
+
+    lr: float = 5e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    weight_decay: float = 0.2
+
+
+@dataclass
+class SchedulerConfig:
+    """Linear warm-up then cosine to ``alpha_f`` times the peak."""
+
+    warmup: str = "2000ba"
+    alpha_f: float = 0.0
+
+
+@dataclass
+class ZeroShotConfig:
+    """Zero-shot evaluation during training (``interval`` 0 disables it) and the sets it runs."""
+
+    sets: list[str] = field(default_factory=list)  # catalog names (under data_root) or MDS folders
+    data_root: str | None = None  # folder holding the catalog sets as <name>/ MDS folders
+    prompts: str | None = None  # a prompts YAML replacing the bundled ones
+    interval: str = "0ba"  # e.g. 500ba; 0ba: only when training ends (if sets are given)
+    batch_size: int = 64
+    max_samples: int | None = None  # per set, for quick checks
+
+
+@dataclass
+class FSDPConfig:
+    """FSDP2 through Composer; used when more than one process runs (or when ``enabled`` is True)."""
+
+    enabled: bool | None = None  # None: when the world size exceeds 1
+    state_dict_type: str = "sharded"  # sharded | full
+    reshard_after_forward: bool = True
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """One training run: model, data, optimization, checkpoints, evaluation."""
+
+    run_name: str = "unimed-clip"
+    seed: int = 17
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: LoaderConfig = field(default_factory=LoaderConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    max_duration: str = "10ep"
+    device: str = "auto"  # auto | cpu | gpu
+    precision: str = "auto"  # auto: amp_bf16 on GPU, fp32 on CPU
+    grad_clip_norm: float | None = None
+    save_folder: str | None = None  # local folder or s3:// / gs:// URL; None: no checkpoints
+    save_interval: str = "1000ba"
+    save_num_checkpoints_to_keep: int = -1
+    autoresume: bool = True  # continue from the latest checkpoint in save_folder
+    load_path: str | None = None  # start from this checkpoint (weights and state) instead
+    console_log_interval: str = "10ba"
+    speed_window: int = 20  # batches averaged by SpeedMonitor
+    loss_log: str | None = None  # append {"step", "loss", ...} per batch as JSON lines (rank 0)
+    export_path: str | None = None  # also write the final weights as one plain state dict file
+
+
+def _format_error(exc: OmegaConfBaseException, where: str) -> UserError:
+    key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
+    first = str(exc).splitlines()[0]
+    return UserError(f"{where}: {first}" + (f" (key {key!r})" if key and str(key) not in first else ""))
+
+
+def config_from_dict(doc: dict, overrides: list[str] | None = None, where: str = "config") -> TrainConfig:
+    """Merge ``doc`` and dotted ``overrides`` onto the schema; return the validated ``TrainConfig``."""
+    schema = OmegaConf.structured(TrainConfig)
+    try:
+        merged = OmegaConf.merge(schema, OmegaConf.create(doc or {}))
+        if overrides:
+            bad = [o for o in overrides if "=" not in o]
+            if bad:
+                raise UserError(f"override {bad[0]!r} is not key=value")
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise _format_error(exc, where) from None
+    assert isinstance(cfg, TrainConfig)
+    return cfg
+
+
+def load_config(path: str, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a training YAML, apply ``key=value`` overrides, validate.
+
+    Relative shard, mix, tokenizer and pretrained paths in the file stay relative to the working
+    directory (the command is run from the repository root, like the Makefile's).
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"training config {path!r} does not exist (see train/yamls/)")
+    try:
+        doc = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except OmegaConfBaseException as exc:
+        raise _format_error(exc, path) from None
+    return config_from_dict(doc, overrides, where=path)
+
+
+def save_config(cfg: TrainConfig, path: str) -> None:
+    """Write the resolved config as YAML (beside the checkpoints)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    OmegaConf.save(OmegaConf.structured(cfg), path)

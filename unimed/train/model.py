@@ -1,0 +1,258 @@
+"""The CLIP model: an OpenAI-style ViT image tower, a BERT text tower, projections and a logit scale.
+
+The ViT keeps open_clip's parameter names (``conv1``, ``class_embedding``, ``positional_embedding``,
+``transformer.resblocks.N.attn.in_proj_weight``, ``proj`` ...), so an open_clip or MetaCLIP
+checkpoint's ``visual.*`` weights load into it without open_clip or timm installed. The text tower
+is ``transformers``' ``BertModel`` (CLS pooling) followed by a two-layer MLP projection without
+biases, as in the reference system. Weights come only from local paths (see ``unimed.train.weights``);
+nothing is downloaded. Sizes are data: ``ModelConfig`` fields in the training YAML.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["VisionConfig", "TextConfig", "ModelConfig", "VisionTransformer", "TextTower", "CLIPModel"]
+
+
+@dataclass
+class VisionConfig:
+    """ViT image tower (defaults: ViT-B/16 at 224)."""
+
+    image_size: int = 224
+    patch_size: int = 16
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    quick_gelu: bool = True  # OpenAI/MetaCLIP weights were trained with QuickGELU
+    pretrained: str | None = None  # open_clip/MetaCLIP checkpoint file (its visual.* keys are used)
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class TextConfig:
+    """BERT text tower (defaults: BERT-base; BiomedBERT when ``pretrained`` names its folder)."""
+
+    vocab_size: int = 0  # 0: the tokenizer's size
+    hidden_size: int = 768
+    layers: int = 12
+    heads: int = 12
+    intermediate_size: int = 3072
+    context_length: int = 256
+    dropout: float = 0.1  # BERT's hidden and attention dropout
+    pretrained: str | None = None  # a local Hugging Face folder (config.json + weights)
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """The whole CLIP model and its loss."""
+
+    embed_dim: int = 512
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    init_logit_scale: float = 1 / 0.07  # SigLIP: 10
+    max_logit_scale: float = 100.0
+    loss: str = "clip"  # clip (symmetric InfoNCE) | siglip
+    loss_impl: str = "auto"  # unimed.kernels dispatch: auto | triton | torch
+
+
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the activation OpenAI's CLIP weights expect."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with ``nn.MultiheadAttention``'s parameter names, on SDPA."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"ViT width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        q, k, v = qkv.view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-norm transformer block (open_clip names: ln_1, attn, ln_2, mlp.c_fc, mlp.c_proj)."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, quick_gelu: bool) -> None:
+        super().__init__()
+        hidden = int(width * mlp_ratio)
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = Attention(width, heads)
+        self.ln_2 = nn.LayerNorm(width)
+        act = QuickGELU() if quick_gelu else nn.GELU()
+        self.mlp = nn.Sequential(
+            OrderedDict([("c_fc", nn.Linear(width, hidden)), ("gelu", act), ("c_proj", nn.Linear(hidden, width))])
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    """A stack of blocks, with optional activation checkpointing."""
+
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        self.grad_checkpointing = cfg.grad_checkpointing
+        self.resblocks = nn.ModuleList(
+            ResidualAttentionBlock(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.quick_gelu) for _ in range(cfg.layers)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.resblocks:
+            if self.grad_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
+
+class VisionTransformer(nn.Module):
+    """OpenAI-style ViT: patch conv, class token, learned positions, pre/post LayerNorm, projection."""
+
+    def __init__(self, cfg: VisionConfig, embed_dim: int) -> None:
+        super().__init__()
+        if cfg.image_size % cfg.patch_size:
+            raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
+        self.cfg = cfg
+        grid = cfg.image_size // cfg.patch_size
+        scale = cfg.width**-0.5
+        self.conv1 = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.class_embedding = nn.Parameter(scale * torch.randn(cfg.width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, cfg.width))
+        self.ln_pre = nn.LayerNorm(cfg.width)
+        self.transformer = Transformer(cfg)
+        self.ln_post = nn.LayerNorm(cfg.width)
+        self.proj = nn.Parameter(scale * torch.randn(cfg.width, embed_dim))
+        self._init_blocks()
+
+    def _init_blocks(self) -> None:
+        # open_clip's init: std scaled by depth for projections.
+        width, layers = self.cfg.width, self.cfg.layers
+        proj_std = width**-0.5 * (2 * layers) ** -0.5
+        for block in self.transformer.resblocks:
+            nn.init.normal_(block.attn.in_proj_weight, std=width**-0.5)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=(2 * width) ** -0.5)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(image).flatten(2).transpose(1, 2)  # B, N, W
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        x = self.transformer(self.ln_pre(x))
+        return self.ln_post(x[:, 0]) @ self.proj
+
+
+class TextTower(nn.Module):
+    """BERT encoder, CLS pooling, MLP projection (Linear, GELU, Linear; no biases; hidden = mean width)."""
+
+    def __init__(self, cfg: TextConfig, embed_dim: int, vocab_size: int, pad_id: int = 0) -> None:
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        self.pad_id = pad_id
+        bert_cfg = BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=cfg.hidden_size,
+            num_hidden_layers=cfg.layers,
+            num_attention_heads=cfg.heads,
+            intermediate_size=cfg.intermediate_size,
+            max_position_embeddings=max(512, cfg.context_length),
+            pad_token_id=pad_id,
+            hidden_dropout_prob=cfg.dropout,
+            attention_probs_dropout_prob=cfg.dropout,
+        )
+        self.bert = BertModel(bert_cfg, add_pooling_layer=False)
+        if cfg.grad_checkpointing:
+            self.bert.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        hidden = (cfg.hidden_size + embed_dim) // 2
+        self.proj = nn.Sequential(
+            OrderedDict(
+                [
+                    ("fc1", nn.Linear(cfg.hidden_size, hidden, bias=False)),
+                    ("act", nn.GELU()),
+                    ("fc2", nn.Linear(hidden, embed_dim, bias=False)),
+                ]
+            )
+        )
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        mask = (tokens != self.pad_id).long()
+        out = self.bert(input_ids=tokens, attention_mask=mask).last_hidden_state
+        return self.proj(out[:, 0])
+
+
+class CLIPModel(nn.Module):
+    """Both towers and the learnable temperature.
+
+    ``logit_scale`` holds log(scale) as a 1-element tensor (FSDP2 refuses 0-d parameters); the
+    scale used is ``exp`` of it, clamped at ``max_logit_scale``.
+    """
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int = 0) -> None:
+        super().__init__()
+        if vocab_size <= 0:
+            raise ValueError("CLIPModel needs vocab_size > 0 (set model.text.vocab_size or give a tokenizer)")
+        self.cfg = cfg
+        self.visual = VisionTransformer(cfg.vision, cfg.embed_dim)
+        self.text = TextTower(cfg.text, cfg.embed_dim, vocab_size, pad_id)
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(cfg.init_logit_scale)))
+        # SigLIP's learnable bias (the paper's init, -10); absent for the CLIP loss.
+        self.logit_bias = nn.Parameter(torch.full((1,), -10.0)) if cfg.loss == "siglip" else None
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Image embeddings [B, embed_dim] (unit length when ``normalize``)."""
+        x = self.visual(image)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Text embeddings [B, embed_dim] (unit length when ``normalize``)."""
+        x = self.text(tokens)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def scale(self) -> torch.Tensor:
+        """The temperature as a 1-element tensor: exp(logit_scale) clamped at ``max_logit_scale``."""
+        return self.logit_scale.exp().clamp(max=self.cfg.max_logit_scale)
+
+    def forward(
+        self, image: torch.Tensor | None = None, tokens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        """(normalized image embeddings, normalized text embeddings, scale); either input may be None.
+
+        Evaluation goes through here too (``model(image)``, ``model(tokens=...)``): under FSDP2 the
+        root's own parameters are gathered only around ``forward``.
+        """
+        img = self.encode_image(image) if image is not None else None
+        txt = self.encode_text(tokens) if tokens is not None else None
+        return img, txt, self.scale()
+
+    def fsdp_wrap_fn(self, module: nn.Module) -> bool:
+        """FSDP2 units: each ViT block and each BERT layer (Composer reads this on direct children)."""
+        from transformers.models.bert.modeling_bert import BertLayer
+
+        return isinstance(module, ResidualAttentionBlock | BertLayer)
