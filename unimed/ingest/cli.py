@@ -1,4 +1,4 @@
-"""The ``ingest`` command: convert, verify, inspect, merge, tokenizer.
+"""The ``ingest`` command: convert, verify, inspect, merge, captions, tokenizer.
 
 Thin: each subcommand parses flags, builds a config and calls one library function. A
 :class:`~unimed.errors.UserError` is printed as one line and exits 2; tracebacks are for bugs.
@@ -62,6 +62,11 @@ def _convert_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-burned-in", action="store_true",
                    help="accept images that may carry burned-in text (only for archives already cleaned)")
     p.add_argument("--uid-key-file", help="secret key of the uid hash (default: $UNIMED_UID_KEY or ~/.config/unimed)")
+    p.add_argument("--tile-size", type=int, default=256, help="slides: tile side in pixels (default 256)")
+    p.add_argument("--mpp", type=float, default=0.5, help="slides: microns per pixel of the tiles (default 0.5, ~20x)")
+    p.add_argument("--level", type=int, default=None, help="slides: pyramid level instead of --mpp")
+    p.add_argument("--min-tissue", type=float, default=0.5, help="slides: tissue fraction a tile needs (default 0.5)")
+    p.add_argument("--max-tiles", type=int, default=1000, help="slides: tiles per slide at most (0: all)")
     p.add_argument("--chunk-mb", type=float, default=64.0, help="input megabytes per resumable chunk")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
@@ -95,6 +100,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     info = inspect(args.dir, sheet=args.sheet, per_modality=args.per_modality, seed=args.seed)
     print(json.dumps({k: info[k] for k in ("samples", "modality", "source")}, indent=2))
     print(f"contact sheet: {info['sheet']}")
+    print(f"balance chart: {info['chart']}")
     return 0
 
 
@@ -120,6 +126,27 @@ def _cmd_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_captions(args: argparse.Namespace) -> int:
+    from unimed.ingest.labels import preview_captions
+
+    info = preview_captions(args.labels, args.bank, args.modality, args.examples)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['rows']} rows, {info['label_sets']} label sets, {len(info['classes'])} classes")
+    for ex in info["examples"]:
+        print(f"\n[{ex['modality']}] {' | '.join(ex['labels']) or '(no labels)'}  ({ex['rows']} rows)")
+        for c in ex["captions"]:
+            print(f"    {c}")
+    if info["unknown"]:
+        for mod, labels in info["unknown"].items():
+            listed = ", ".join(f"{k} ({v} rows)" for k, v in labels.items())
+            print(f"\nno bank entry in {mod} (phrased by the generic templates): {listed}")
+    else:
+        print("\nevery class has a bank entry")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ingest`` argument parser."""
     parser = argparse.ArgumentParser(prog="ingest", description="Medical images into MDS shards for CLIP training.")
@@ -130,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("dir")
     v.add_argument("--no-decode", action="store_true", help="hashes and schema only")
     v.set_defaults(func=_cmd_verify)
-    i = sub.add_parser("inspect", help="counts per modality and source, and a contact sheet PNG")
+    i = sub.add_parser("inspect", help="counts per modality and source, a contact sheet and a balance chart PNG")
     i.add_argument("dir")
     i.add_argument("--sheet", help="contact sheet path (default DIR/contact_sheet.png)")
     i.add_argument("--per-modality", type=int, default=6, help="images per modality on the sheet")
@@ -139,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("merge", help="merge the chunk folders of DIR (e.g. the parts of a split job)")
     m.add_argument("dir")
     m.set_defaults(func=_cmd_merge)
+    c = sub.add_parser("captions", help="preview the captions a label table turns into; list classes with no bank entry")
+    c.add_argument("--labels", required=True, metavar="CSV", help="label table (as for convert --labels)")
+    c.add_argument("--bank", action="append", default=[], metavar="BANK.yaml",
+                   help="extra caption bank(s), e.g. one generated offline by a language model")
+    c.add_argument("--modality", help="modality of rows without a modality column (default: the bank's)")
+    c.add_argument("--examples", type=int, default=5, help="label sets shown (the most frequent)")
+    c.add_argument("--json", action="store_true", help="print the whole preview as JSON")
+    c.set_defaults(func=_cmd_captions)
     t = sub.add_parser("tokenizer", help="train a WordPiece tokenizer on the captions of DIR (saved beside them)")
     t.add_argument("dir")
     t.add_argument("--out", help="tokenizer folder (default DIR/tokenizer)")

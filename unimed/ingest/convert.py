@@ -60,6 +60,11 @@ class ConvertConfig:
     axis: str = "auto"
     allow_burned_in: bool = False
     uid_key_file: str | None = None
+    tile_size: int = 256
+    mpp: float = 0.5
+    level: int | None = None
+    min_tissue: float = 0.5
+    max_tiles: int = 1000
     chunk_mb: float = 64.0
     progress: bool = True
 
@@ -75,6 +80,8 @@ class ConvertConfig:
             raise UserError(f"--quality {self.quality}: use 1..100")
         if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
             raise UserError(f"--shard-index {self.shard_index} must lie in 0..{self.num_shards - 1}")
+        if self.tile_size < 16 or self.mpp <= 0 or not 0 <= self.min_tissue <= 1 or self.max_tiles < 0:
+            raise UserError("slides: --tile-size >= 16, --mpp > 0, --min-tissue in 0..1, --max-tiles >= 0")
         if self.workers < 1:
             raise UserError("--workers must be at least 1")
         try:
@@ -132,7 +139,10 @@ def _probe_and_plan(args: tuple[str, str, Options]) -> tuple[list[Task], dict | 
             return [], {"path": path, "reason": exc.reason}
         except Exception as exc:
             return [], {"path": path, "reason": safe_reason(exc)}
-        return (tasks if isinstance(tasks, list) else [tasks]), None
+        tasks = tasks if isinstance(tasks, list) else [tasks]
+        for t in tasks:
+            t.extra.setdefault("origin", path)  # the input file a task came from (a manifest's rows)
+        return tasks, None
     return [], {"path": path, "reason": "no source recognized the file (tried " + "; ".join(tried) + ")"}
 
 
@@ -151,10 +161,14 @@ def plan(cfg: ConvertConfig, opts: Options, pool: Any = None) -> tuple[list[Task
         if reject is not None:
             rejects.append(reject)
         tasks.extend(tlist)
+    # An image a manifest lists is converted with its captions, not a second time on its own.
+    listed = {t.name for t in tasks if t.extra.get("listed")}
+    if listed:
+        tasks = [t for t in tasks if t.extra.get("listed") or t.name not in listed]
     for t in tasks:
-        root = roots.get(t.name, os.path.dirname(t.name))
+        root = roots.get(t.extra.get("origin", t.name), os.path.dirname(t.name))
         t.extra["source_name"] = cfg.source_name or os.path.basename(root.rstrip("/")) or "unknown"
-        if cfg.class_folders:
+        if cfg.class_folders and not t.extra.get("listed"):
             rel = os.path.relpath(t.name, root).split(os.sep)
             if len(rel) > 1:
                 t.extra["labels"] = [rel[0]]
@@ -338,7 +352,8 @@ def convert(cfg: ConvertConfig, echo: Any = print) -> dict:
     cfg.check()
     quiet_libraries()
     opts = Options(modality=cfg.modality, window=cfg.window, axis=cfg.axis,
-                   allow_burned_in=cfg.allow_burned_in, bits=cfg.bits)
+                   allow_burned_in=cfg.allow_burned_in, bits=cfg.bits, tile_size=cfg.tile_size, mpp=cfg.mpp,
+                   level=cfg.level, min_tissue=cfg.min_tissue, max_tiles=cfg.max_tiles)
     wopts = WriteOptions(codec=cfg.codec, quality=cfg.quality, max_side=cfg.max_side,
                          compression=cfg.compression, size_limit=cfg.size_limit, banks=list(cfg.captions))
     from unimed.ingest.captions import CaptionEngine

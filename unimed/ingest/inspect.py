@@ -1,4 +1,4 @@
-"""``ingest inspect``: counts per modality and source, and a contact sheet a person can look at."""
+"""``ingest inspect``: counts per modality and source, a contact sheet and a balance bar chart to look at."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from unimed.ingest.reader import open_dataset
 
-__all__ = ["inspect", "contact_sheet"]
+__all__ = ["inspect", "contact_sheet", "balance_chart"]
 
 TILE = 192
 TEXT_H = 56
@@ -45,6 +45,36 @@ def contact_sheet(rows: dict[str, list[dict]], path: str) -> str:
     return path
 
 
+def balance_chart(groups: dict[str, dict[str, int]], path: str, width: int = 720) -> str:
+    """Draw horizontal bars of counts, one panel per grouping (modality, source), with shares; save a PNG."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    row, label_w, pad = 18, 170, 10
+    rows = sum(len(v) + 2 for v in groups.values())
+    img = Image.new("RGB", (width, pad * 2 + rows * row), "white")
+    draw = ImageDraw.Draw(img)
+    colors = [(66, 133, 244), (219, 68, 55), (244, 180, 0), (15, 157, 88), (171, 71, 188), (0, 172, 193),
+              (255, 112, 67)]
+    y = pad
+    for title, counts in groups.items():
+        total = sum(counts.values()) or 1
+        draw.text((pad, y), f"{title} ({total} samples)", fill="black", font=font)
+        y += row
+        top = max(counts.values(), default=1)
+        bar_w = width - label_w - 2 * pad - 110
+        for i, (name, n) in enumerate(sorted(counts.items(), key=lambda kv: -kv[1])):
+            draw.text((pad, y + 3), name[:26], fill="black", font=font)
+            w = max(1, round(bar_w * n / top))
+            draw.rectangle((label_w, y + 2, label_w + w, y + row - 3), fill=colors[i % len(colors)])
+            draw.text((label_w + w + 6, y + 3), f"{n} ({100 * n / total:.1f}%)", fill="black", font=font)
+            y += row
+        y += row
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    img.save(path)
+    return path
+
+
 def inspect(folder: str, sheet: str | None = None, per_modality: int = 6, seed: int = 0,
             max_scan: int = 20000) -> dict[str, Any]:
     """Counts per modality and source (over up to ``max_scan`` samples) and the contact sheet path."""
@@ -71,5 +101,7 @@ def inspect(folder: str, sheet: str | None = None, per_modality: int = 6, seed: 
                     picks[m][j] = s
     path = sheet or os.path.join(folder, "contact_sheet.png")
     contact_sheet(dict(picks), path)
+    chart = balance_chart({"modality": dict(modality), "source": dict(source)},
+                          os.path.join(os.path.dirname(os.path.abspath(path)), "balance.png"))
     return {"samples": n, "scanned": len(order), "modality": dict(sorted(modality.items())),
-            "source": dict(sorted(source.items())), "sheet": path}
+            "source": dict(sorted(source.items())), "sheet": path, "chart": chart}

@@ -6,7 +6,8 @@ Recognized layouts:
   column (``labels``, ``label``, ``class``, ``Finding Labels``) whose cell holds one label or several
   separated by ``|`` or ``;`` (the NIH ChestX-ray14 table);
 * a path column and one column per class holding 1 (positive), 0, -1 (uncertain) or empty
-  (the CheXpert table): positives become the labels;
+  (the CheXpert table): positives become the labels, explicit negatives (0) the negative labels
+  ``-Class`` (captions phrase them as absent findings); uncertain and empty cells are left out;
 * an optional ``modality`` column (for plain images, which carry none).
 
 Folder-per-class layouts need no table: ``--class-folders`` takes the first folder below each input
@@ -19,12 +20,15 @@ import csv
 import fnmatch
 import gzip
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from unimed.errors import UserError
+from unimed.ingest.captions import NEGATIVE
 
-__all__ = ["LabelTable", "Lookup"]
+__all__ = ["LabelTable", "Lookup", "preview_captions"]
 
 PATH_COLUMNS = ("path", "image", "file", "filename", "image index", "image_id", "imageid", "image_path", "dicom", "nifti")
 LABEL_COLUMNS = ("labels", "label", "class", "finding labels", "findings", "diagnosis")
@@ -55,7 +59,7 @@ class LabelTable:
         self.path = Path(csv_path)
         if not self.path.is_file():
             raise UserError(f"{csv_path}: label table not found")
-        root = self.path.parent
+        root = self.path.parent.resolve()
         opener = gzip.open if self.path.suffix == ".gz" else open
         with opener(self.path, "rt", newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
@@ -82,6 +86,7 @@ class LabelTable:
         self.exact: dict[str, Lookup] = {}
         self.by_name: dict[str, Lookup | None] = {}
         self.patterns: list[tuple[str, Lookup]] = []
+        self.entries: list[Lookup] = []  # every row, in order
         for r in rows:
             key = (r.get(path_col) or "").strip()
             if not key:
@@ -90,7 +95,10 @@ class LabelTable:
                 labels = _split(r.get(label_col) or "")
             else:
                 labels = [h for h in onehot if (r.get(h) or "").strip() in ("1", "1.0")]
+                labels += [f"{NEGATIVE}{h}" for h in onehot if (r.get(h) or "").strip() in ("0", "0.0")
+                           and not h.lower().startswith("no ")]
             look = Lookup(labels, (r.get(mod_col) or "").strip().lower() or None if mod_col else None)
+            self.entries.append(look)
             if any(ch in key for ch in "*?["):
                 self.patterns.append((key, look))
                 continue
@@ -119,3 +127,35 @@ class LabelTable:
 
     def __len__(self) -> int:
         return len(self.exact) + len(self.patterns)
+
+
+def preview_captions(csv_path: str | Path, banks: list[str | Path] | None = None, modality: str | None = None,
+                     examples: int = 5) -> dict[str, Any]:
+    """What a label table turns into: captions of its most frequent label sets, and unknown classes.
+
+    ``modality`` defaults to the table's modality column, else to the modality of the first bank.
+    Returns ``{"rows", "label_sets", "classes": {label: rows}, "unknown": {modality: {label: rows}},
+    "examples": [{"modality", "labels", "rows", "captions"}]}``.
+    """
+    from unimed.ingest.captions import CaptionEngine, load_bank
+
+    engine = CaptionEngine(list(banks or []))
+    default = modality or (load_bank(banks[0], partial=True).modality if banks else None)
+    table = LabelTable(csv_path)
+    sets: Counter = Counter()
+    for look in table.entries:
+        mod = look.modality or default
+        if mod is None:
+            raise UserError(f"{csv_path}: no modality column; pass --modality or a --bank")
+        sets[(mod, tuple(look.labels))] += 1
+    classes: Counter = Counter()
+    unknown: dict[str, Counter] = {}
+    for (mod, labels), n in sets.items():
+        for lab in labels:
+            classes[lab] += n
+        for lab in engine.unknown_classes(mod, list(labels)):
+            unknown.setdefault(mod, Counter())[lab] += n
+    shown = [{"modality": mod, "labels": list(labels), "rows": n, "captions": engine.captions(mod, list(labels))}
+             for (mod, labels), n in sets.most_common(examples)]
+    return {"rows": len(table.entries), "label_sets": len(sets), "classes": dict(classes.most_common()),
+            "unknown": {m: dict(c.most_common()) for m, c in sorted(unknown.items())}, "examples": shown}

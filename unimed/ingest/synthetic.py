@@ -1,4 +1,4 @@
-"""Synthetic inputs for scale: CT series written with pydicom and volumes written with nibabel.
+"""Synthetic inputs for scale: CT series (pydicom), volumes (nibabel) and pyramidal slides (tifffile).
 
 Used by the benchmarks and by the tests that need more than the sample files (crash safety).
 The pixels are a smooth phantom with noise, so encoders see realistic content.
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["phantom_slice", "write_ct_series", "write_nifti_volumes"]
+__all__ = ["phantom_slice", "write_ct_series", "write_nifti_volumes", "tissue_tile", "write_slide"]
 
 
 def phantom_slice(size: int, k: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -86,3 +86,61 @@ def write_nifti_volumes(folder: str | Path, n_volumes: int, slices: int, size: i
         nib.save(img, path)
         paths.append(path)
     return paths
+
+
+def tissue_tile(x0: int, y0: int, size: int, scale: float, width: int, height: int,
+                blobs: list[tuple[float, float, float]], rng: np.random.Generator) -> np.ndarray | None:
+    """An RGB tile of an H&E-like slide at level-0 origin (x0, y0), ``scale`` level-0 pixels per pixel.
+
+    Tissue is pink/purple texture inside circular ``blobs`` (cx, cy, r in fractions of the width) on a
+    white background; returns None for a tile with no tissue (written as an empty, sparse tile).
+    """
+    xs = x0 + (np.arange(size) + 0.5) * scale
+    ys = y0 + (np.arange(size) + 0.5) * scale
+    inside = np.zeros((size, size), bool)
+    for cx, cy, r in blobs:
+        cx, cy, r = cx * width, cy * height, r * width
+        if abs(xs.mean() - cx) > r + size * scale or abs(ys.mean() - cy) > r + size * scale:
+            continue
+        inside |= ((xs[None, :] - cx) ** 2 + (ys[:, None] - cy) ** 2) < r * r
+    if not inside.any():
+        return None
+    tile = np.empty((size, size, 3), np.uint8)
+    tile[...] = 245
+    n = int(inside.sum())
+    nuclei = rng.random(n) < 0.25
+    tile[inside] = np.where(nuclei[:, None], (90, 60, 150), (225, 130, 185)) + rng.integers(-20, 20, (n, 3))
+    return tile
+
+
+def write_slide(path: str | Path, width: int, height: int, tile: int = 256, levels: int = 4, mpp: float = 0.25,
+                blobs: list[tuple[float, float, float]] | None = None, quality: int = 85, seed: int = 0) -> Path:
+    """Write a pyramidal, tiled, JPEG-compressed BigTIFF slide tile by tile (memory: a few tiles).
+
+    Levels halve the size; resolution tags give ``mpp`` microns per pixel at level 0. Background
+    tiles are left empty (sparse), as large scanners' files allow.
+    """
+    import imagecodecs
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    blobs = blobs if blobs is not None else [(0.3, 0.35, 0.12), (0.65, 0.6, 0.18)]
+
+    def tiles(level: int):
+        w, h, scale = -(-width // 2**level), -(-height // 2**level), float(2**level)
+        for ty in range(0, h, tile):
+            for tx in range(0, w, tile):
+                t = tissue_tile(int(tx * scale), int(ty * scale), tile, scale, width, height, blobs, rng)
+                yield b"" if t is None else imagecodecs.jpeg8_encode(t, level=quality)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    res = 1e4 / mpp
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        for level in range(levels):
+            w, h = -(-width // 2**level), -(-height // 2**level)
+            extra = {"subifds": levels - 1, "resolution": (res, res), "resolutionunit": "CENTIMETER"} \
+                if level == 0 else {"subfiletype": 1}
+            tif.write(tiles(level), shape=(h, w, 3), dtype="uint8", tile=(tile, tile), compression="jpeg",
+                      photometric="rgb", **extra)
+    return path

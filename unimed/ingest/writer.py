@@ -56,9 +56,10 @@ def _sample(item: Any, task: Task, engine: CaptionEngine, wopts: WriteOptions, k
             codec = "png"  # 16-bit never goes through JPEG
         data = intensity.encode(pixels, codec, wopts.quality)
     labels = list(task.extra.get("labels") or item.labels)
-    captions = engine.captions(item.modality, labels, item.anatomy)
-    if item.text:
-        captions = [item.text, *captions]
+    # Free-text captions first; label captions beside them only when there are labels (a bank's
+    # generic "unlabeled" phrasings would only dilute a real caption).
+    captions = engine.captions(item.modality, labels, item.anatomy) if labels or not item.texts else []
+    captions = list(dict.fromkeys([*item.texts, *captions]))
     meta = dict(item.meta)
     meta.update(
         codec=codec,

@@ -44,6 +44,11 @@ class Options:
     percentiles: tuple[float, float] = (0.5, 99.5)
     allow_burned_in: bool = False
     bits: int = 8  # 8, or 16 for PNG output
+    tile_size: int = 256  # slides: output tile side in pixels
+    mpp: float = 0.5  # slides: microns per pixel of the tiles where the slide states its resolution
+    level: int | None = None  # slides: a pyramid level instead of --mpp (or where the resolution is unknown)
+    min_tissue: float = 0.5  # slides: fraction of a tile that must be tissue
+    max_tiles: int = 1000  # slides: at most this many tiles per slide (0: no cap)
 
 
 @dataclass
@@ -53,13 +58,14 @@ class Item:
     ``pixels`` is uint8 (or uint16 for 16-bit PNG output), H×W or H×W×3, display-ready.
     ``key`` identifies the image within its source (e.g. a SOP Instance UID and frame, a file hash
     and slice); the writer turns it into the keyed-hash ``uid``. ``meta`` holds allow-listed facts only.
+    ``texts`` are captions from free text (a manifest caption, a report), already cleaned and scrubbed.
     """
 
     pixels: np.ndarray
     modality: str
     key: str
     labels: list[str] = field(default_factory=list)
-    text: str | None = None
+    texts: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     anatomy: str | None = None
 
@@ -116,7 +122,7 @@ def register(cls: type[Source]) -> type[Source]:
 
 
 def registry() -> dict[str, Source]:
-    """All registered sources in probe order (DICOM first: its files have no reliable suffix)."""
+    """All registered sources in probe order (manifests, slides, then DICOM: a slide may be DICOM or TIFF)."""
     from unimed.ingest import sources  # noqa: F401  (importing the package registers the sources)
 
     return dict(_REGISTRY)
