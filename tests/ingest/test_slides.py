@@ -110,3 +110,66 @@ def test_100k_slide_converts_with_bounded_memory(tmp_path):
     assert growth_big < 300 * 1024, peaks
     print(f"peak RSS growth while converting: 10k slide {growth_small / 1024:.0f} MB, "
           f"100k slide {growth_big / 1024:.0f} MB")
+
+
+def _dicom_wsi(path, tiles_x: int = 4, tiles_y: int = 3, tile: int = 64, image_type=("ORIGINAL", "PRIMARY", "VOLUME")):
+    """A TILED_FULL VL Whole Slide Microscopy file (uncompressed RGB) written with pydicom:
+    white background with tissue (pink, textured) in the left half."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, VLWholeSlideMicroscopyImageStorage, generate_uid
+
+    rng = np.random.default_rng(0)
+    width, height = tiles_x * tile, tiles_y * tile
+    full = np.full((height, width, 3), 250, np.uint8)
+    tissue = np.stack([rng.integers(150, 230, (height, width // 2)), rng.integers(40, 120, (height, width // 2)),
+                       rng.integers(120, 200, (height, width // 2))], axis=-1).astype(np.uint8)
+    full[:, : width // 2] = tissue
+    frames = [full[ty * tile:(ty + 1) * tile, tx * tile:(tx + 1) * tile] for ty in range(tiles_y) for tx in range(tiles_x)]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = VLWholeSlideMicroscopyImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = VLWholeSlideMicroscopyImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "SM"
+    ds.PatientName = "Slide^Planted"
+    ds.ImageType = list(image_type)
+    ds.BurnedInAnnotation = "NO"
+    ds.DimensionOrganizationType = "TILED_FULL"
+    ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows = width, height
+    ds.Rows = ds.Columns = tile
+    ds.NumberOfFrames = len(frames)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    measures = Dataset()
+    measures.PixelSpacing = [0.0005, 0.0005]  # millimetres: 0.5 µm per pixel
+    shared = Dataset()
+    shared.PixelMeasuresSequence = [measures]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    ds.PixelData = np.stack(frames).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return full
+
+
+def test_dicom_whole_slide_tiles(tmp_path, helpers):
+    folder = tmp_path / "wsi"
+    folder.mkdir()
+    full = _dicom_wsi(folder / "level0.dcm")
+    _dicom_wsi(folder / "label.dcm", image_type=("ORIGINAL", "PRIMARY", "LABEL"))
+    out = tmp_path / "out"
+    helpers.convert([folder], out, tile_size=64, mpp=0.5, min_tissue=0.5, codec="png", max_side=0)
+    samples = helpers.read(out)
+    rejected = {r["path"].rsplit("/", 1)[-1]: r["reason"] for r in helpers.rejects(out)}
+    assert "label" in rejected["label.dcm"]  # label images show the slide label: never converted
+    # Tissue fills the left two tile columns of three rows: 6 tiles; the white half is background.
+    assert len(samples) == 6 and {s["modality"] for s in samples} == {"pathology"}
+    for s in samples:
+        x, y = s["meta"]["tile_x"], s["meta"]["tile_y"]
+        assert x < 128
+        assert np.array_equal(helpers.decode(s), full[y:y + 64, x:x + 64])
+    assert b"Planted" not in b"".join(p.read_bytes() for p in out.rglob("*.json*"))
+    # The cap on tiles per slide keeps a stable random subset.
+    capped = tmp_path / "capped"
+    helpers.convert([folder / "level0.dcm"], capped, tile_size=64, mpp=0.5, max_tiles=4)
+    assert len(helpers.read(capped)) == 4

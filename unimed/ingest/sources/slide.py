@@ -280,11 +280,14 @@ def tile_items(reader: Any, sizes: list[tuple[int, int]], mpp: float | None, ide
                     continue
             candidates.append((x, y))
     if opts.max_tiles and len(candidates) > opts.max_tiles:
-        rng = np.random.default_rng(int(identity.rsplit(":", 1)[-1][:8], 16) if ":" in identity else 0)
-        keep = np.sort(rng.choice(len(candidates), opts.max_tiles, replace=False))
-        candidates = [candidates[i] for i in keep]
+        # A stable random order per slide; the cap counts tiles kept, so background never uses it up.
+        rng = np.random.default_rng(int(hashlib.sha1(identity.encode()).hexdigest()[:8], 16))
+        candidates = [candidates[i] for i in rng.permutation(len(candidates))]
     down = sizes[0][0] / width
+    kept = 0
     for x, y in candidates:
+        if opts.max_tiles and kept >= opts.max_tiles:
+            break
         with timed("decode"):
             region = reader.read(level, x, y, span, span)
         tissue = float((saturation(region) > thr).mean())
@@ -297,5 +300,6 @@ def tile_items(reader: Any, sizes: list[tuple[int, int]], mpp: float | None, ide
                 "tissue": round(tissue, 3), "slide_width": sizes[0][0], "slide_height": sizes[0][1]}
         if out_mpp:
             meta["mpp"] = round(out_mpp, 4)
+        kept += 1
         yield Item(pixels=np.ascontiguousarray(region), modality=modality,
                    key=f"{identity}:{level}:{x}:{y}:{opts.tile_size}", meta=meta)
