@@ -232,8 +232,8 @@ def build_loader(cfg: LoaderConfig, tokenizer: CaptionTokenizer | None = None): 
         prefetch_factor=cfg.prefetch_factor if cfg.num_workers > 0 else None,
         persistent_workers=False,
         pin_memory=False,
-        # Its own generator: worker seeds must not draw from the global torch RNG, which Composer
-        # checkpoints for dropout; otherwise a resumed run's dropout stream is one draw apart.
+        # Its own generator: worker seeding does not draw from the global torch RNG (which the model's
+        # dropout uses and Composer checkpoints).
         generator=torch.Generator().manual_seed(cfg.seed),
     )
     return DataSpec(loader, num_samples=dataset.size, get_num_samples_in_batch=num_samples_in_batch)
