@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import gc
-
 import pytest
-from streaming.base.util import clean_stale_shared_memory
 
 from unimed.streaming.synthetic import SyntheticSpec, write_synthetic_shards
 from unimed.streaming.tokenizer import train_tokenizer
 
 COUNTS = {"xray": 120, "ct": 80, "pathology": 60, "fundus": 40}
 CORRUPT = 2  # per modality
-
-
-@pytest.fixture(autouse=True)
-def _fresh_shared_memory():
-    """StreamingDataset registers its folders in shared memory: clear leftovers around each test."""
-    gc.collect()
-    clean_stale_shared_memory()
-    yield
-    gc.collect()
-    clean_stale_shared_memory()
 
 
 @pytest.fixture(scope="session")

@@ -2,22 +2,9 @@
 
 from __future__ import annotations
 
-import gc
-
 import pytest
-from streaming.base.util import clean_stale_shared_memory
 
 from unimed.train.config import TrainConfig, config_from_dict, load_config
-
-
-@pytest.fixture(autouse=True)
-def _fresh_shared_memory():
-    """StreamingDataset registers its folders in shared memory: clear leftovers around each test."""
-    gc.collect()
-    clean_stale_shared_memory()
-    yield
-    gc.collect()
-    clean_stale_shared_memory()
 
 
 @pytest.fixture(scope="session")
