@@ -20,9 +20,11 @@ def _png(arr: np.ndarray) -> np.ndarray:
     return np.frombuffer(buf.getvalue(), np.uint8)
 
 
-def _run(pipe, images: list[np.ndarray], flips: list[int]) -> np.ndarray:
+def _run(pipe, images: list[np.ndarray], flips: list[int], crops: list[list[float]] | None = None) -> np.ndarray:
     pipe.feed_input("encoded", images)
     pipe.feed_input("flip", [np.array(f, np.uint8) for f in flips])
+    crops = crops or [[0.0, 0.0, 1.0, 1.0]] * len(images)
+    pipe.feed_input("crop", [np.array(c, np.float32) for c in crops])
     (out,) = pipe.run()
     if hasattr(out, "as_cpu"):
         out = out.as_cpu()
@@ -53,9 +55,18 @@ def test_flip_only_where_allowed():
     pipe = build_pipeline(aug, batch_size=16, device="cpu", seed=3, prefetch_queue_depth=1)
     kept = _run(pipe, [png] * 16, [0] * 16)
     assert (kept[:, 0, :, :4].mean((1, 2)) > 0.9).all()  # never flipped
-    flipped = _run(pipe, [png] * 16, [1] * 16)
-    left = flipped[:, 0, :, :4].mean((1, 2)) > 0.9
-    assert 0 < left.sum() < 16  # flipped about half the time
+    flipped = _run(pipe, [png] * 16, [1] * 16)  # the dataset decided: mirror these
+    assert (flipped[:, 0, :, -4:].mean((1, 2)) > 0.9).all() and (flipped[:, 0, :, :4].mean((1, 2)) < 0.1).all()
+
+
+def test_crop_window_comes_from_the_sample():
+    arr = np.zeros((32, 64), np.uint8)
+    arr[:, :32] = 255  # bright left half
+    png = _png(arr)
+    aug = AugmentConfig(image_size=16, **PLAIN)
+    pipe = build_pipeline(aug, batch_size=2, device="cpu", prefetch_queue_depth=1)
+    out = _run(pipe, [png, png], [0, 0], crops=[[0.0, 0.0, 0.5, 1.0], [0.5, 0.0, 0.5, 1.0]])
+    assert out[0].min() > 0.95 and out[1].max() < 0.05  # left window all bright, right window all dark
 
 
 def test_choose_device(monkeypatch):

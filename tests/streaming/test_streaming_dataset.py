@@ -54,3 +54,19 @@ def test_captions_repeat_per_epoch_and_change_across_epochs(shards):
     again = {s["uid"]: s["caption"] for s in _dataset(shards)}
     assert again == epoch0  # same seed and epoch: same captions
     assert epoch0.keys() == epoch1.keys() and epoch0 != epoch1
+
+
+def test_crop_and_mirror_are_pure_functions_of_seed_epoch_and_sample():
+    from unimed.streaming.dataset import choose_crop
+
+    a = [choose_crop(17, 0, i, (0.9, 1.0), (0.75, 4 / 3), True) for i in range(400)]
+    b = [choose_crop(17, 0, i, (0.9, 1.0), (0.75, 4 / 3), True) for i in range(400)]
+    assert all(np.array_equal(x[0], y[0]) and x[1] == y[1] for x, y in zip(a, b))
+    crops = np.stack([c for c, _ in a])
+    assert (crops[:, 2:] <= 1.0).all() and (crops[:, :2] >= 0).all() and (crops[:, :2] + crops[:, 2:] <= 1.0 + 1e-6).all()
+    area = crops[:, 2] * crops[:, 3]
+    assert area.min() > 0.6 and area.max() <= 1.0
+    assert 150 < sum(m for _, m in a) < 250  # mirrored about half the time where allowed
+    assert not any(choose_crop(17, 0, i, (0.9, 1.0), (0.75, 4 / 3), False)[1] for i in range(100))
+    other_epoch = [choose_crop(17, 1, i, (0.9, 1.0), (0.75, 4 / 3), True)[0] for i in range(20)]
+    assert any(not np.array_equal(x, y[0]) for x, y in zip(other_epoch, a))

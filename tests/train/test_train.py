@@ -32,10 +32,10 @@ def _losses(path) -> dict[int, float]:
 
 
 def _cfg(demo_sets, folder, **extra):
-    # train=false: no random augmentation (DALI's crop RNG is not part of a checkpoint), shuffle kept.
-    # dropout 0: with dropout on, the resumed run's dropout stream differs from the uninterrupted one
+    # train=true: random crops and flips on; the dataset draws them from (seed, epoch, sample id), so
+    # the resumed run sees the very same pixels. dropout 0: with dropout on, the resumed run's dropout stream differs from the uninterrupted one
     # (the global RNG is not at the same point after a resume, even with the loader's own generator).
-    o = tiny_overrides(demo_sets, **{"max_duration": "6ba", "data.train": "false", "data.shuffle": "true",
+    o = tiny_overrides(demo_sets, **{"max_duration": "6ba", "data.train": "true", "data.shuffle": "true",
                                      "loss_log": str(folder / "loss.jsonl"), "model.text.dropout": 0.0, **extra})
     return load_config("train/yamls/demo-cpu.yaml", o)
 

@@ -80,8 +80,10 @@ def build_pipeline(
     prefetch_queue_depth: int = 2,
     seed: int = 0,
 ):  # -> nvidia.dali.Pipeline
-    """Build the pipeline with two external inputs, ``encoded`` (uint8 bytes) and ``flip`` (uint8
-    0/1 per sample), and one output, the normalized ``float32[3, S, S]`` image."""
+    """Build the pipeline with three external inputs, ``encoded`` (uint8 bytes), ``flip`` (uint8 0/1:
+    mirror this sample) and ``crop`` (float32 x, y, w, h relative to the image: the random-resized-crop
+    window, drawn per sample by the dataset so that resumption repeats it), and one output, the
+    normalized ``float32[3, S, S]`` image. Only the crop window is decoded."""
     from nvidia.dali import fn, pipeline_def, types
 
     if device not in ("gpu", "cpu"):
@@ -109,25 +111,25 @@ def build_pipeline(
     def pipe():
         encoded = fn.external_source(name="encoded", no_copy=True, dtype=types.UINT8, ndim=1)
         flip = fn.external_source(name="flip", dtype=types.UINT8, ndim=0)
+        crop = fn.external_source(name="crop", dtype=types.FLOAT, ndim=1)
         if aug.train:
-            images = fn.decoders.image_random_crop(
+            images = fn.decoders.image_slice(
                 encoded,
+                crop[0:2],
+                crop[2:4],
                 device=decoder,
                 output_type=types.RGB,
                 dtype=dtype,
-                random_area=list(aug.scale),
-                random_aspect_ratio=list(aug.ratio),
-                num_attempts=10,
+                normalized_anchor=True,
+                normalized_shape=True,
+                axis_names="WH",
             )
             images = fn.resize(images, size=[size, size], antialias=True)
-            extra = {
-                "mirror": fn.random.coin_flip(probability=0.5, dtype=types.INT32)
-                * fn.cast(flip, dtype=types.INT32)
-            }
-        else:
+            extra = {"mirror": fn.cast(flip, dtype=types.INT32)}
+        else:  # flip and crop are fed (the proxy's inputs are fixed) but unused
             images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB, dtype=dtype)
             images = fn.resize(images, resize_shorter=size, antialias=True)
-            extra = {"crop": (size, size), "mirror": fn.cast(flip, dtype=types.INT32) * 0}  # flip fed, unused
+            extra = {"crop": (size, size), "mirror": fn.cast(flip, dtype=types.INT32) * 0 + fn.cast(crop[0] * 0, dtype=types.INT32)}
         return fn.crop_mirror_normalize(
             images, dtype=types.FLOAT, output_layout="CHW", mean=mean, std=std, **extra
         )
@@ -156,5 +158,6 @@ class DaliProxyTransform:
 
             info = get_worker_info()
             proxy._worker_data = _DALIProxy._WorkerData((self.generation, info.id if info else 0))
-        sample["image"] = proxy(encoded=sample["image"], flip=np.asarray(sample["flip"], dtype=np.uint8))
+        sample["image"] = proxy(encoded=sample["image"], flip=np.asarray(sample["flip"], dtype=np.uint8),
+                                crop=np.asarray(sample["crop"], dtype=np.float32))
         return sample

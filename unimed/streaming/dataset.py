@@ -12,6 +12,7 @@ resumed mid-epoch picks the same captions as an uninterrupted one, whatever the 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -22,7 +23,7 @@ from unimed.schema import MODALITIES
 from unimed.streaming.imagecheck import check_image, placeholder_image
 from unimed.streaming.tokenizer import CaptionTokenizer
 
-__all__ = ["UnimedDataset", "choose_caption"]
+__all__ = ["UnimedDataset", "choose_caption", "choose_crop"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +43,34 @@ def choose_caption(num_captions: int, seed: int, epoch: int, sample_id: int) -> 
     return h % num_captions
 
 
+def _uniform(seed: int, epoch: int, sample_id: int, k: int) -> float:
+    """A uniform [0, 1) draw, a pure function of (seed, epoch, sample id, k)."""
+    h = _splitmix64(_splitmix64(_splitmix64(_splitmix64(int(seed)) ^ int(epoch)) ^ int(sample_id)) ^ (k + 1))
+    return (h >> 11) / float(1 << 53)
+
+
+def choose_crop(seed: int, epoch: int, sample_id: int, scale: tuple[float, float], ratio: tuple[float, float],
+                flip_allowed: bool) -> tuple[np.ndarray, int]:
+    """The random-resized-crop window (x, y, w, h, relative to the image) and the mirror bit of one
+    sample, as a pure function of (seed, epoch, sample id): a resumed run crops exactly as an
+    uninterrupted one, which a pipeline RNG (not part of a checkpoint) could not promise."""
+    u = [_uniform(seed, epoch, sample_id, k) for k in range(5)]
+    area = scale[0] + (scale[1] - scale[0]) * u[0]
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[1]
+    w = min(1.0, math.sqrt(area * math.exp(log_r)))
+    h = min(1.0, math.sqrt(area / math.exp(log_r)))
+    crop = np.array([(1.0 - w) * u[2], (1.0 - h) * u[3], w, h], dtype=np.float32)
+    return crop, int(flip_allowed and u[4] < 0.5)
+
+
 class UnimedDataset(StreamingDataset):
     """A ``StreamingDataset`` over unimed shards yielding training-ready (still encoded) samples.
 
     Each sample is a dict: ``image`` (the encoded bytes as a ``uint8`` array), ``caption`` (str),
     ``tokens`` (``int64[context_length]``, present when a tokenizer is given), ``modality`` (index
-    into ``unimed.schema.MODALITIES``), ``flip`` (1 where horizontal flips are allowed for this
-    modality), ``valid`` (False when the image was broken and replaced by a placeholder), ``error`` (why;
+    into ``unimed.schema.MODALITIES``), ``flip`` (1 where the sample is mirrored: only where the
+    modality allows it, and only when ``augment``), ``crop`` (``float32[4]``: the x, y, w, h of the
+    random-resized-crop window relative to the image; the whole image without ``augment``), ``valid`` (False when the image was broken and replaced by a placeholder), ``error`` (why;
     empty when valid), ``uid``. The loader counts and logs the replaced ones, once per uid.
 
     Args:
@@ -56,6 +78,9 @@ class UnimedDataset(StreamingDataset):
         flip_modalities: modalities where a horizontal flip keeps the image plausible (pathology,
             say); never chest X-rays, whose laterality carries meaning.
         transform: called on each sample dict last (the DALI proxy plugs in here).
+        augment: draw a crop window and a mirror bit per sample (training), seeded by (seed, epoch,
+            sample id) so that resumption repeats them.
+        crop_scale, crop_ratio: the area fraction and aspect-ratio ranges of the crop window.
         caption_seed: seed of the caption choice (the shuffle seed by default).
         **kwargs: everything ``streaming.StreamingDataset`` takes (``streams``, ``local``,
             ``batch_size``, ``shuffle``, ``shuffle_seed``, ``epoch_size``, ...).
@@ -68,6 +93,9 @@ class UnimedDataset(StreamingDataset):
         flip_modalities: Iterable[str] = (),
         transform: Callable[[dict[str, Any]], Any] | None = None,
         caption_seed: int | None = None,
+        augment: bool = False,
+        crop_scale: tuple[float, float] = (0.9, 1.0),
+        crop_ratio: tuple[float, float] = (0.75, 4 / 3),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -78,6 +106,9 @@ class UnimedDataset(StreamingDataset):
             raise ValueError(f"flip_modalities {sorted(unknown)} are not modalities; known: {MODALITIES}")
         self.transform = transform
         self.caption_seed = self.shuffle_seed if caption_seed is None else caption_seed
+        self.augment = augment
+        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+        self.crop_ratio = (float(crop_ratio[0]), float(crop_ratio[1]))
         self.bad_samples = 0  # per process: images replaced by the placeholder
         self._epoch = 0
 
@@ -99,11 +130,18 @@ class UnimedDataset(StreamingDataset):
         captions = raw["captions"]
         caption = captions[choose_caption(len(captions), self.caption_seed, self._epoch, sample_id)]
         modality = raw["modality"]
+        flip_allowed = modality in self.flip_modalities
+        if self.augment:
+            crop, flip = choose_crop(self.caption_seed, self._epoch, sample_id, self.crop_scale, self.crop_ratio,
+                                     flip_allowed)
+        else:
+            crop, flip = np.array([0.0, 0.0, 1.0, 1.0], dtype=np.float32), int(flip_allowed)
         out: dict[str, Any] = {
             "image": np.frombuffer(image, dtype=np.uint8),
             "caption": caption,
             "modality": MODALITIES.index(modality) if modality in MODALITIES else MODALITIES.index("other"),
-            "flip": np.uint8(modality in self.flip_modalities),
+            "flip": np.uint8(flip),
+            "crop": crop,
             "valid": valid,
             "error": reason or "",
             "uid": raw["uid"],
