@@ -105,10 +105,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from unimed.ingest.convert import _write_summary, merge
+    from unimed.ingest.merge import merge, write_summary
 
     summary = merge(args.dir)
-    _write_summary(args.dir, summary)
+    write_summary(args.dir, summary)
     print(f"merged {summary['chunks']} chunk folders: {summary['images']} images")
     return 0
 

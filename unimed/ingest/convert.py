@@ -17,7 +17,6 @@ import os
 import shutil
 import sys
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +24,14 @@ from typing import Any
 from unimed.errors import RejectError, UserError, safe_reason
 from unimed.ingest.deid import load_uid_key
 from unimed.ingest.labels import LabelTable
+from unimed.ingest.merge import STATE_DIR, done_chunks, merge, write_summary
+from unimed.ingest.progress import drain, progress_bar, tick
 from unimed.ingest.sources.base import Options, Task, registry
-from unimed.ingest.writer import DONE_FILE, ChunkSpec, WriteOptions, process_chunk
+from unimed.ingest.writer import ChunkSpec, WriteOptions, process_chunk
 from unimed.schema import MODALITIES
 
 __all__ = ["ConvertConfig", "convert", "discover", "plan", "merge"]
 
-STATE_DIR = ".unimed"
 
 
 @dataclass
@@ -262,91 +262,6 @@ def _run_chunk(args: tuple) -> dict:
     return process_chunk(out, spec, opts, wopts, key, report=_report_to_queue)
 
 
-def _done_chunks(out: str) -> dict[str, dict]:
-    done = {}
-    for d in sorted(os.listdir(out)):
-        f = os.path.join(out, d, DONE_FILE)
-        if os.path.isfile(f) and os.path.isfile(os.path.join(out, d, "index.json")):
-            with open(f) as fh:
-                done[d] = json.load(fh)
-    return done
-
-
-def merge(out: str) -> dict:
-    """Merge the index of every complete chunk folder into ``<out>/index.json`` and write the summary.
-
-    Also the command ``ingest merge DIR`` after copying the parts of a split job into one folder.
-    """
-    from streaming.base.util import merge_index
-
-    if not os.path.isdir(out):
-        raise UserError(f"{out}: no such folder")
-    done = _done_chunks(out)
-    index_files = [os.path.join(out, d, "index.json") for d in done]
-    if os.path.exists(os.path.join(out, "index.json")):  # rebuilt from the chunks every time
-        os.remove(os.path.join(out, "index.json"))
-    if index_files:
-        import logging
-
-        quiet = [logging.getLogger(n) for n in ("", "streaming")]
-        levels = [lg.level for lg in quiet]
-        for lg in quiet:
-            lg.setLevel(logging.ERROR)
-        try:
-            merge_index(index_files, out, keep_local=True)
-        finally:
-            for lg, lv in zip(quiet, levels):
-                lg.setLevel(lv)
-    else:  # every input was rejected: an empty but valid dataset
-        with open(os.path.join(out, "index.json"), "w") as fh:
-            json.dump({"version": 2, "shards": []}, fh)
-    rejects: list[dict] = []
-    state = os.path.join(out, STATE_DIR)
-    for f in sorted(glob.glob(os.path.join(state, "plan-rejects-*.jsonl"))):
-        with open(f) as fh:
-            rejects.extend(json.loads(line) for line in fh if line.strip())
-    modality: Counter = Counter()
-    source: Counter = Counter()
-    secs: Counter = Counter()
-    images = image_bytes = tasks = 0
-    for stats in done.values():
-        rejects.extend(stats["rejects"])
-        modality.update(stats["modality"])
-        source.update(stats["source"])
-        secs.update(stats["seconds"])
-        images += stats["images"]
-        image_bytes += stats["image_bytes"]
-        tasks += stats["tasks"]
-    shard_bytes = sum(
-        os.path.getsize(os.path.join(dp, f)) for d in done for dp, _, fs in os.walk(os.path.join(out, d)) for f in fs
-        if ".mds" in f
-    )
-    with open(os.path.join(out, "rejects.jsonl.tmp"), "w") as fh:
-        for r in sorted(rejects, key=lambda r: r["path"]):
-            fh.write(json.dumps(r) + "\n")
-    os.replace(os.path.join(out, "rejects.jsonl.tmp"), os.path.join(out, "rejects.jsonl"))
-    summary = {
-        "images": images,
-        "tasks": tasks,
-        "rejects": len(rejects),
-        "chunks": len(done),
-        "modality": dict(sorted(modality.items())),
-        "source": dict(sorted(source.items())),
-        "image_bytes": image_bytes,
-        "shard_bytes": shard_bytes,
-        "bytes_per_image": round(image_bytes / images, 1) if images else 0,
-        "worker_seconds": {k: round(v, 3) for k, v in sorted(secs.items())},
-    }
-    return summary
-
-
-def _write_summary(out: str, summary: dict) -> None:
-    tmp = os.path.join(out, "summary.json.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(summary, fh, indent=2)
-    os.replace(tmp, os.path.join(out, "summary.json"))
-
-
 def convert(cfg: ConvertConfig, echo: Any = print) -> dict:
     """Run the whole conversion; return the summary (also written to ``<out>/summary.json``)."""
     cfg.check()
@@ -396,17 +311,17 @@ def convert(cfg: ConvertConfig, echo: Any = print) -> dict:
             if d.endswith(".tmp"):
                 shutil.rmtree(os.path.join(out, d), ignore_errors=True)
         chunks = _chunks(tasks, prefix, cfg.chunk_mb)
-        done = _done_chunks(out)
+        done = done_chunks(out)
         todo = [c for c in chunks if c.name not in done]
         total_tasks = sum(len(c.tasks) for c in todo)
-        bar = _progress(cfg.progress, total_tasks)
+        bar = progress_bar(cfg.progress, total_tasks)
         if pool is None:
             for spec in todo:
-                process_chunk(out, spec, opts, wopts, key, report=lambda k, rj: _tick(bar, k, rj, echo))
+                process_chunk(out, spec, opts, wopts, key, report=lambda k, rj: tick(bar, k, rj, echo))
         else:
             pending = [pool.apply_async(_run_chunk, ((out, spec, opts, wopts, key),)) for spec in todo]
             while pending:
-                _drain(queue, bar, echo, timeout=0.2)
+                drain(queue, bar, echo, timeout=0.2)
                 still = []
                 for r in pending:
                     if r.ready():
@@ -414,7 +329,7 @@ def convert(cfg: ConvertConfig, echo: Any = print) -> dict:
                     else:
                         still.append(r)
                 pending = still
-            _drain(queue, bar, echo, timeout=0.0)
+            drain(queue, bar, echo, timeout=0.0)
         bar.close()
     finally:
         if pool is not None:
@@ -423,54 +338,5 @@ def convert(cfg: ConvertConfig, echo: Any = print) -> dict:
     summary = merge(out)
     summary["seconds"] = round(time.perf_counter() - start, 3)
     summary["images_per_second"] = round(summary["images"] / summary["seconds"], 2) if summary["seconds"] else 0
-    _write_summary(out, summary)
+    write_summary(out, summary)
     return summary
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix_str(self, s: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(enabled: bool, total: int) -> Any:
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, unit="file", desc="convert", dynamic_ncols=True, file=sys.stderr)
-    bar.images = 0  # type: ignore[attr-defined]
-    bar.t0 = time.perf_counter()  # type: ignore[attr-defined]
-    return bar
-
-
-def _tick(bar: Any, n: int, rejects: list[dict], echo: Any) -> None:
-    bar.update(1)
-    if hasattr(bar, "images"):
-        bar.images += n
-        rate = bar.images / max(time.perf_counter() - bar.t0, 1e-9)
-        bar.set_postfix_str(f"{bar.images} img, {rate:.1f} img/s")
-    for r in rejects:
-        line = f"reject {r['path']}: {r['reason']}"
-        if hasattr(bar, "write"):
-            bar.write(line, file=sys.stderr)
-        else:
-            echo(line)
-
-
-def _drain(queue: Any, bar: Any, echo: Any, timeout: float) -> None:
-    import queue as q
-
-    try:
-        n, rj = queue.get(timeout=timeout) if timeout else queue.get_nowait()
-        _tick(bar, n, rj, echo)
-        while True:
-            n, rj = queue.get_nowait()
-            _tick(bar, n, rj, echo)
-    except q.Empty:
-        pass
