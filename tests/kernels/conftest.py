@@ -1,12 +1,25 @@
-"""Kernel tests run the Triton kernels on CPU through the interpreter.
+"""Kernel tests run the Triton kernels on CPU through Triton's interpreter.
 
-TRITON_INTERPRET must be set before ``unimed.kernels.contrastive`` (the module with the
-``@triton.jit`` functions) is first imported; the dispatcher imports it lazily, so setting it here,
-at collection time, is early enough.
+Triton reads ``TRITON_INTERPRET`` when a ``@triton.jit`` function is defined, so the kernels module
+is imported here, at collection, with the variable set; the variable is then restored so the rest of
+the suite (and any other Triton code) sees the environment it was started with. On a CUDA machine the
+kernels are compiled as usual.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+if not torch.cuda.is_available() and "unimed.kernels.contrastive" not in sys.modules:
+    _before = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import unimed.kernels.contrastive  # noqa: F401  (defines the kernels for the interpreter)
+    finally:
+        if _before is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = _before
