@@ -65,15 +65,17 @@ class Bank:
 
     def resolve(self, label: str) -> str | None:
         """The bank's class or finding for a label (case, spaces and underscores ignored; aliases), or None."""
-        index = self._index()
         key = _norm(label)
-        key = _norm(self._aliases().get(key, key))
-        return index.get(key)
+        key = _norm(self._alias_map.get(key, key))
+        return self._index_map.get(key)
 
-    def _index(self) -> dict[str, str]:
+    @functools.cached_property
+    def _index_map(self) -> dict[str, str]:
+        """Normalized name -> class or finding; built once per bank (``resolve`` runs per sample)."""
         return {_norm(k): k for k in [*self.findings, *self.classes]}
 
-    def _aliases(self) -> dict[str, str]:
+    @functools.cached_property
+    def _alias_map(self) -> dict[str, str]:
         return {_norm(k): v for k, v in self.aliases.items()}
 
 def _finding(name: str, value: Any, path: Path) -> Finding:
