@@ -104,7 +104,7 @@ def baseline_slides(files: list[Path], out: Path, level: int = 1) -> int:
 
 _RSS = """
 import json, os, sys
-os.environ.setdefault("UNIMED_UID_KEY", "benchmark")
+os.environ.setdefault("UNIMED_UID_KEY", "benchmark-key-0123456789abcdef0123456")
 from unimed.ingest.convert import ConvertConfig, convert
 import streaming, torch  # noqa: F401
 def hwm():  # VmHWM: peak RSS of this process image (ru_maxrss would include the parent's before exec)
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--scratch", default=None, help="folder for inputs and outputs (default: a temp folder)")
     args = parser.parse_args(argv)
     n = args.slices or (200 if args.quick else 2000)
-    os.environ.setdefault("UNIMED_UID_KEY", "benchmark")
+    os.environ.setdefault("UNIMED_UID_KEY", "benchmark-key-0123456789abcdef0123456")
     from unimed.ingest.synthetic import write_ct_series, write_nifti_volumes
 
     report = Report("ingest", args.quick)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["UserError", "RejectError", "safe_reason"]
+import os
+import re
+
+__all__ = ["UserError", "RejectError", "safe_reason", "clean_message", "shown_path"]
 
 
 class UserError(Exception):
@@ -20,29 +23,61 @@ class RejectError(Exception):
         self.reason = reason
 
 
+#: Words that may stand capitalized or in capitals in a library's message (everything lower-case and
+#: purely alphabetic is kept as well); any other token becomes "…". Library messages quote header
+#: values, paths and names, with or without quotes, so the reason keeps only this vocabulary.
+_MESSAGE_WORDS = frozenset(
+    """A An The This No Not Unable Cannot Could Expected Invalid Unknown Unsupported Missing Failed Incomplete
+    Truncated Error Errno Bad Buffer Data Pixel Pixels File Image Frame Frames Header Tag Value Length Offset End
+    Reading Read Decoding Decode Decompression Encoding Premature Unexpected Corrupt Corrupted Broken
+    DICOM JPEG JPEG-LS JPEG2000 RLE UID VR LUT VOI PNG TIFF NIfTI GDCM JPEG-2000 EOF CRC OK
+    AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV""".split()
+)
+_TOKEN = re.compile(r"\w[\w\-.]*\w|\w|\S")
+_KEEP_PUNCT = set("()[],.:;-=<>!?/")
+
+
 def safe_reason(exc: BaseException, limit: int = 160) -> str:
     """A one-line reason for an unexpected exception raised while reading an input.
 
-    Library messages can quote raw header bytes, so only the exception type and the first line
-    of its message, cut at ``limit`` characters, with quoted text removed, are kept.
+    Library messages can quote raw header bytes, names and paths, quoted or not, so only the exception
+    type and the words of its first line that are on an allow-list (lower-case words, short numbers,
+    the vocabulary above) are kept; everything quoted, and every other token, becomes "…".
     """
     if isinstance(exc, RejectError):
         return exc.reason
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    # Drop anything quoted: libraries quote values (names, ids) in their messages.
-    out, quote = [], None
-    for ch in text:
-        if quote:
-            if ch == quote:
-                quote = None
-                out.append("…")
-            continue
-        if ch in "'\"":
-            quote = ch
-            continue
-        out.append(ch)
-    text = "".join(out)
+    text = clean_message(text)
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
+
+
+def clean_message(text: str) -> str:
+    """The allow-listed words of a library message (see :func:`safe_reason`)."""
+    # Quoted spans go whole: from an opening quote to the last quote of the same kind, so an
+    # apostrophe inside a quoted value (O'BRIEN) cannot end the span early.
+    for q in ("'", '"'):
+        first, last = text.find(q), text.rfind(q)
+        if first != -1:
+            text = text[:first] + " \x00 " + (text[last + 1:] if last > first else "")
+    out: list[str] = []
+    for tok in _TOKEN.findall(text):
+        keep = (
+            (tok.isascii() and tok.isalpha() and tok.islower())
+            or tok in _MESSAGE_WORDS
+            or (tok.isdigit() and len(tok) <= 3)
+            or tok in _KEEP_PUNCT
+        )
+        piece = tok if keep else "…"
+        if piece == "…" and out and out[-1] == "…":
+            continue
+        out.append(piece)
+    joined = " ".join(out)
+    return re.sub(r"\s+([,.:;)\]])", r"\1", re.sub(r"([(\[])\s+", r"\1", joined)).strip()
+
+
+def shown_path(path: str) -> str:
+    """A path as printable text: bytes that are not UTF-8 shown as escapes, never an encoding error."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")

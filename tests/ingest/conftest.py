@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
-UID_KEY = "unimed-test-key"
+UID_KEY = "unimed-test-key-0123456789abcdef0123"  # 32+ bytes, as a real key must be
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +45,16 @@ def decode(sample: dict) -> np.ndarray:
         return np.asarray(im)
 
 
-def rejects(out: Path) -> list[dict]:
+def rejects(out: Path, report: Path | None = None) -> list[dict]:
+    """The operator's reject list (uid, path, reason) from the report folder beside ``out``."""
+    import json
+
+    path = Path(report or f"{out}.report") / "rejects.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def dataset_rejects(out: Path) -> list[dict]:
+    """The dataset's own reject list (uid and reason only)."""
     import json
 
     path = Path(out) / "rejects.jsonl"
@@ -59,6 +68,7 @@ def helpers():
         read = staticmethod(read_samples)
         decode = staticmethod(decode)
         rejects = staticmethod(rejects)
+        dataset_rejects = staticmethod(dataset_rejects)
         key = UID_KEY.encode()
 
     return H

@@ -84,7 +84,7 @@ def test_uid_is_keyed_stable_and_unique(tmp_path, helpers, monkeypatch):
     assert a == b
     sop = pydicom.dcmread(src).SOPInstanceUID
     assert a == keyed_uid(helpers.key, f"dicom:{sop}:0") and len(a) == 32
-    monkeypatch.setenv("UNIMED_UID_KEY", "another-key")
+    monkeypatch.setenv("UNIMED_UID_KEY", "another-key-0123456789abcdef0123456")
     c = helpers.read(_one(helpers, src, tmp_path / "c"))[0]["uid"]
     assert c != a
 

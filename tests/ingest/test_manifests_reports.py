@@ -133,7 +133,7 @@ def test_csv_jsonl_manifests_with_captions_reports_and_labels(tmp_path, helpers)
     assert summary["images"] == 3 and summary["modality"] == {"ct": 1, "xray": 2}
     a_s = samples[("CT of the abdomen, seen ___ by ___.",)]
     assert a_s["captions"] == ["CT of the abdomen, seen ___ by ___.", "Axial contrast CT of the liver."]
-    assert a_s["source"] == "pmc" and a_s["labels"] == []
+    assert a_s["source"] == "local" and a_s["labels"] == []  # never the folder name
     c_s = samples[("Small effusion. Effusion.",)]
     assert c_s["labels"] == ["Effusion"] and len(c_s["captions"]) > 3  # report first, then label captions
     rj = helpers.rejects(tmp_path / "out")

@@ -81,7 +81,7 @@ def test_plain_tiff_is_not_a_slide(tmp_path):
 
 _MEASURE = textwrap.dedent("""
     import json, os, sys
-    os.environ["UNIMED_UID_KEY"] = "k"
+    os.environ["UNIMED_UID_KEY"] = "slide-test-key-0123456789abcdef0123"
     from unimed.ingest.convert import ConvertConfig, convert
     import streaming, torch  # imported before the baseline figure
     def hwm():  # peak RSS of this process image (ru_maxrss would count the parent's before exec)

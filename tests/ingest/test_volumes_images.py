@@ -131,4 +131,4 @@ def test_folder_per_class_layout(tmp_path, helpers, layout):
     # retina.jpg copied twice is one image: uids come from content, so the copies collide by design.
     labels = sorted(s["labels"][0] for s in samples)
     assert set(labels) == {"glaucoma", "normal"}
-    assert all(s["source"] == "fundus" for s in samples)
+    assert all(s["source"] == "local" for s in samples)  # never the folder name

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from unimed.errors import UserError
@@ -37,13 +38,22 @@ def _compression(text: str) -> str | None:
 def _convert_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert DICOM, NIfTI and images into MDS shards")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders (recursive) or globs")
-    p.add_argument("--out", required=True, help="output folder (MDS shards, index.json, summary.json, rejects.jsonl)")
+    p.add_argument("--out", required=True,
+                   help="dataset folder (MDS shards, index.json, summary.json, rejects.jsonl by uid); names no input path")
+    p.add_argument("--report", metavar="DIR",
+                   help="operator's report folder, outside --out: rejected inputs with their paths (default OUT.report)")
+    p.add_argument("--show-paths", action="store_true",
+                   help="print rejected inputs by path on stderr (default: by uid; paths may carry patient names)")
     p.add_argument("--modality", default="auto",
                    help="xray|ct|mri|ultrasound|pathology|fundus|other, or auto (DICOM Modality; else reject)")
     p.add_argument("--labels", metavar="CSV", help="label table: path column and labels (or 0/1 class columns)")
     p.add_argument("--class-folders", action="store_true", help="label = first folder below each input folder")
     p.add_argument("--captions", metavar="BANK.yaml", action="append", default=[], help="extra caption bank(s)")
-    p.add_argument("--source", dest="source_name", help="dataset name stored in each sample (default: input folder)")
+    p.add_argument("--source", dest="source_name",
+                   help="dataset name stored in each sample, e.g. chexpert (default: local; never taken from a path)")
+    p.add_argument("--text", default="scrub", choices=["scrub", "findings"],
+                   help="free text (reports, manifest captions): scrub removes PHI (default); findings keeps only "
+                        "sentences made of clinical vocabulary")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--codec", default="jpeg", choices=["jpeg", "png"])
     p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
@@ -78,8 +88,11 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     cfg = ConvertConfig(**fields)
     summary = convert(cfg, echo=lambda s: print(s, file=sys.stderr))
     mods = ", ".join(f"{k} {v}" for k, v in summary["modality"].items()) or "none"
-    print(f"converted {summary['images']} images ({mods}) into {cfg.out}; "
-          f"{summary['rejects']} rejected (see rejects.jsonl); {summary['images_per_second']} img/s")
+    rejected = f"{summary['rejects']} rejected"
+    if summary["rejects"]:
+        rejected += f" (paths in {os.path.join(cfg.report_dir, 'rejects.jsonl')})"
+    print(f"converted {summary['images']} images ({mods}) into {cfg.out}; {rejected}; "
+          f"{summary['images_per_second']} img/s")
     return 1 if (cfg.strict and summary["rejects"]) else 0
 
 
@@ -105,17 +118,19 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
+    from unimed.ingest.lifecycle import check_report_dir, default_report_dir, disk_errors
     from unimed.ingest.merge import merge, write_summary
 
-    summary = merge(args.dir)
-    write_summary(args.dir, summary)
+    report = args.report or default_report_dir(args.dir)
+    check_report_dir(report, args.dir)
+    with disk_errors(args.dir):
+        summary = merge(args.dir, report)
+        write_summary(args.dir, summary)
     print(f"merged {summary['chunks']} chunk folders: {summary['images']} images")
     return 0
 
 
 def _cmd_tokenizer(args: argparse.Namespace) -> int:
-    import os
-
     from unimed.streaming.tokenizer import train_tokenizer
 
     if not os.path.isdir(args.dir):
@@ -165,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=_cmd_inspect)
     m = sub.add_parser("merge", help="merge the chunk folders of DIR (e.g. the parts of a split job)")
     m.add_argument("dir")
+    m.add_argument("--report", metavar="DIR", help="report folder whose parts to gather (default DIR.report)")
     m.set_defaults(func=_cmd_merge)
     c = sub.add_parser("captions", help="preview the captions a label table turns into; list classes with no bank entry")
     c.add_argument("--labels", required=True, metavar="CSV", help="label table (as for convert --labels)")

@@ -14,24 +14,39 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import re
 import shutil
+import stat
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unimed.errors import RejectError, UserError, safe_reason
-from unimed.ingest.deid import load_uid_key
+from unimed.errors import RejectError, UserError, safe_reason, shown_path
+from unimed.ingest.deid import load_uid_key, reject_uid
 from unimed.ingest.labels import LabelTable
+from unimed.ingest.lifecycle import (
+    REPORT_NOTE,
+    check_report_dir,
+    default_report_dir,
+    die_with_parent,
+    disk_errors,
+    run_lock,
+)
 from unimed.ingest.merge import STATE_DIR, done_chunks, merge, write_summary
-from unimed.ingest.progress import drain, progress_bar, tick
+from unimed.ingest.progress import drain, progress_bar, reject_line, tick
 from unimed.ingest.sources.base import Options, Task, registry
-from unimed.ingest.writer import ChunkSpec, WriteOptions, process_chunk
+from unimed.ingest.writer import PARTS_DIR, ChunkSpec, WriteOptions, process_chunk, write_jsonl
 from unimed.schema import MODALITIES
 
-__all__ = ["ConvertConfig", "convert", "discover", "plan", "merge"]
+__all__ = ["ConvertConfig", "convert", "discover", "plan", "merge", "DEFAULT_SOURCE", "TEXT_MODES"]
 
+#: ``source`` of every sample when ``--source`` is not given: neutral, never derived from a path.
+DEFAULT_SOURCE = "local"
+SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,47}$")
+#: ``--text``: scrub PHI from free text (default), or keep only clinical-vocabulary sentences.
+TEXT_MODES = ("scrub", "findings")
 
 
 @dataclass
@@ -45,6 +60,9 @@ class ConvertConfig:
     class_folders: bool = False
     captions: list[str] = field(default_factory=list)
     source_name: str | None = None
+    report: str | None = None
+    show_paths: bool = False
+    text: str = "scrub"
     workers: int = 1
     codec: str = "jpeg"
     quality: int = 90
@@ -84,20 +102,38 @@ class ConvertConfig:
             raise UserError("slides: --tile-size >= 16, --mpp > 0, --min-tissue in 0..1, --max-tiles >= 0")
         if self.workers < 1:
             raise UserError("--workers must be at least 1")
-        try:
-            from unimed.ingest.intensity import parse_windows
+        if self.source_name is not None and not SOURCE_NAME.match(self.source_name):
+            raise UserError(f"--source {self.source_name!r}: a short name (letters, digits, . _ -; at most 48), "
+                            "e.g. the dataset's public name; it is stored in every sample")
+        if self.text not in TEXT_MODES:
+            raise UserError(f"--text {self.text}: use {' or '.join(TEXT_MODES)}")
+        check_report_dir(self.report_dir, self.out)
+        from unimed.ingest.intensity import parse_windows
 
-            parse_windows(self.window)
+        try:
+            windows = parse_windows(self.window)
         except ValueError as exc:
             raise UserError(f"--window: {exc}") from None
+        if windows is not None and self.modality not in ("auto", "ct"):
+            raise UserError(f"--window {self.window} is a Hounsfield window and applies to CT only, "
+                            f"not to --modality {self.modality}")
+
+    @property
+    def report_dir(self) -> str:
+        """The operator's report folder (paths of rejected inputs), outside the dataset folder."""
+        return self.report or default_report_dir(self.out)
 
 
 # ----------------------------------------------------------------------------- discovery
 
 
-def discover(inputs: list[str], out: str) -> list[tuple[str, str]]:
-    """Expand files, folders (recursive) and globs into sorted (file, input root) pairs."""
-    out_abs = os.path.abspath(out)
+def discover(inputs: list[str], out: str, report: str | None = None) -> list[tuple[str, str]]:
+    """Expand files, folders (recursive) and globs into sorted (file, input root) pairs.
+
+    The output and report folders are never inputs. Non-regular files are listed too: planning
+    rejects them (opening a FIFO would block the run).
+    """
+    skip = {os.path.abspath(out), os.path.abspath(report or default_report_dir(out))}
     found: dict[str, str] = {}
     for arg in inputs:
         matches = sorted(glob.glob(arg, recursive=True)) if any(c in arg for c in "*?[") else [arg]
@@ -108,7 +144,7 @@ def discover(inputs: list[str], out: str) -> list[tuple[str, str]]:
                 root = os.path.abspath(m)
                 for dirpath, dirnames, filenames in os.walk(m):
                     dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                                         and os.path.abspath(os.path.join(dirpath, d)) != out_abs)
+                                         and os.path.abspath(os.path.join(dirpath, d)) not in skip)
                     for f in sorted(filenames):
                         if not f.startswith("."):
                             found.setdefault(os.path.abspath(os.path.join(dirpath, f)), root)
@@ -121,10 +157,17 @@ def _probe_and_plan(args: tuple[str, str, Options]) -> tuple[list[Task], dict | 
     path, _root, opts = args
     p = Path(path)
     try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return [], {"path": path, "reason": "file or folder name is not valid UTF-8; rename it to convert it"}
+    try:
+        mode = os.stat(p).st_mode
+        if not stat.S_ISREG(mode):
+            return [], {"path": path, "reason": "not a regular file (a FIFO, socket or device); skipped"}
         with open(p, "rb") as fh:
             head = fh.read(256)
     except OSError as exc:
-        return [], {"path": path, "reason": f"cannot open ({exc.strerror})"}
+        return [], {"path": path, "reason": f"cannot open ({exc.strerror or 'broken link'})"}
     tried = []
     for name, source in registry().items():
         if not source.probe(p, head):
@@ -147,8 +190,12 @@ def _probe_and_plan(args: tuple[str, str, Options]) -> tuple[list[Task], dict | 
 
 
 def plan(cfg: ConvertConfig, opts: Options, pool: Any = None) -> tuple[list[Task], list[dict]]:
-    """All tasks of the job (before the split across machines) and the planning rejects."""
-    files = discover(cfg.inputs, cfg.out)
+    """All tasks of the job (before the split across machines) and the planning rejects (with paths).
+
+    Copies of one DICOM instance (same SOP Instance UID) become one task whose ``alternates`` the
+    writer tries in path order when the first copy does not convert.
+    """
+    files = discover(cfg.inputs, cfg.out, cfg.report_dir)
     if not files:
         raise UserError("no input files found in " + " ".join(cfg.inputs))
     table = LabelTable(cfg.labels) if cfg.labels else None
@@ -167,7 +214,7 @@ def plan(cfg: ConvertConfig, opts: Options, pool: Any = None) -> tuple[list[Task
         tasks = [t for t in tasks if t.extra.get("listed") or t.name not in listed]
     for t in tasks:
         root = roots.get(t.extra.get("origin", t.name), os.path.dirname(t.name))
-        t.extra["source_name"] = cfg.source_name or os.path.basename(root.rstrip("/")) or "unknown"
+        t.extra["source_name"] = cfg.source_name or DEFAULT_SOURCE
         if cfg.class_folders and not t.extra.get("listed"):
             rel = os.path.relpath(t.name, root).split(os.sep)
             if len(rel) > 1:
@@ -180,21 +227,21 @@ def plan(cfg: ConvertConfig, opts: Options, pool: Any = None) -> tuple[list[Task
                     if hit.modality not in MODALITIES:
                         raise UserError(f"{cfg.labels}: modality {hit.modality} is not one of {', '.join(MODALITIES)}")
                     t.extra["modality"] = hit.modality
-    # Per-source grouping (DICOM series ordering) and duplicate DICOM instances.
-    for name, source in registry().items():
-        group = getattr(source, "group", None)
-        if group is not None:
-            group([t for t in tasks if t.source == name])
-    seen: dict[str, str] = {}
+    # Duplicate DICOM instances, then per-source grouping (DICOM series ordering).
+    first: dict[str, Task] = {}
     unique: list[Task] = []
     for t in sorted(tasks, key=lambda t: t.name):
         sop = t.extra.get("sop")
-        if sop and sop in seen:
-            rejects.append({"path": t.name, "reason": "duplicate DICOM instance (same SOP Instance UID as another input)"})
+        if sop and sop in first:
+            first[sop].extra.setdefault("alternates", []).append(t.name)
             continue
         if sop:
-            seen[sop] = t.name
+            first[sop] = t
         unique.append(t)
+    for name, source in registry().items():
+        group = getattr(source, "group", None)
+        if group is not None:
+            group([t for t in unique if t.source == name])
     return unique, rejects
 
 
@@ -215,10 +262,11 @@ def _chunks(tasks: list[Task], prefix: str, chunk_mb: float, max_tasks: int = 40
 
 
 def _fingerprint(cfg: ConvertConfig, tasks: list[Task]) -> str:
-    keep = {k: v for k, v in asdict(cfg).items() if k not in ("workers", "resume", "strict", "progress", "out")}
+    keep = {k: v for k, v in asdict(cfg).items()
+            if k not in ("workers", "resume", "strict", "progress", "out", "report", "show_paths")}
     h = hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode())
     for t in tasks:
-        h.update(f"{t.paths}|{t.weight}\n".encode())
+        h.update(f"{t.paths}|{t.extra.get('alternates')}|{t.weight}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
@@ -248,8 +296,9 @@ def quiet_libraries() -> None:
 _QUEUE: Any = None
 
 
-def _init_worker(queue: Any) -> None:
+def _init_worker(queue: Any, parent: int) -> None:
     global _QUEUE
+    die_with_parent(parent)
     _QUEUE = queue
 
 
@@ -258,17 +307,29 @@ def _report_to_queue(n: int, rejects: list[dict]) -> None:
 
 
 def _run_chunk(args: tuple) -> dict:
-    out, spec, opts, wopts, key = args
-    return process_chunk(out, spec, opts, wopts, key, report=_report_to_queue)
+    out, spec, opts, wopts, key, report_dir = args
+    return process_chunk(out, spec, opts, wopts, key, report=_report_to_queue, report_dir=report_dir)
+
+
+def _prepare_report(report: str) -> None:
+    os.makedirs(os.path.join(report, PARTS_DIR), exist_ok=True)
+    note = os.path.join(report, "README.txt")
+    if not os.path.isfile(note):
+        with open(note, "w") as fh:
+            fh.write(REPORT_NOTE)
 
 
 def convert(cfg: ConvertConfig, echo: Any = print) -> dict:
-    """Run the whole conversion; return the summary (also written to ``<out>/summary.json``)."""
+    """Run the whole conversion; return the summary (also written to ``<out>/summary.json``).
+
+    The dataset folder (``cfg.out``) names no input path; rejected inputs appear there by keyed uid
+    and reason, and with their paths in the report folder (``cfg.report_dir``) beside it.
+    """
     cfg.check()
     quiet_libraries()
     opts = Options(modality=cfg.modality, window=cfg.window, axis=cfg.axis,
                    allow_burned_in=cfg.allow_burned_in, bits=cfg.bits, tile_size=cfg.tile_size, mpp=cfg.mpp,
-                   level=cfg.level, min_tissue=cfg.min_tissue, max_tiles=cfg.max_tiles)
+                   level=cfg.level, min_tissue=cfg.min_tissue, max_tiles=cfg.max_tiles, text=cfg.text)
     wopts = WriteOptions(codec=cfg.codec, quality=cfg.quality, max_side=cfg.max_side,
                          compression=cfg.compression, size_limit=cfg.size_limit, banks=list(cfg.captions))
     from unimed.ingest.captions import CaptionEngine
@@ -276,18 +337,32 @@ def convert(cfg: ConvertConfig, echo: Any = print) -> dict:
     CaptionEngine(wopts.banks)  # a broken bank is a UserError now, not a reject per image later
     key = load_uid_key(cfg.uid_key_file)
     out = cfg.out
-    state = os.path.join(out, STATE_DIR)
-    prefix = f"p{cfg.shard_index:03d}"
     if os.path.isdir(out) and os.listdir(out) and not cfg.resume:
         raise UserError(f"{out} is not empty: pass --resume to continue an interrupted run, or choose a new --out")
-    os.makedirs(state, exist_ok=True)
+    if cfg.window not in ("auto", "file") and cfg.modality == "auto":
+        echo(f"note: --window {cfg.window} applies to CT images only; other images keep their own windowing")
+    with disk_errors(out), run_lock(os.path.join(out, STATE_DIR), out):
+        _prepare_report(cfg.report_dir)
+        start = _run(cfg, opts, wopts, key, echo)
+        summary = merge(out, cfg.report_dir)
+        summary["seconds"] = round(time.perf_counter() - start, 3)
+        summary["images_per_second"] = round(summary["images"] / summary["seconds"], 2) if summary["seconds"] else 0
+        write_summary(out, summary)
+    return summary
 
+
+def _run(cfg: ConvertConfig, opts: Options, wopts: WriteOptions, key: bytes, echo: Any) -> float:
+    """Plan, then convert the chunks not done yet; return the start time (after the imports)."""
+    out, report = cfg.out, cfg.report_dir
+    state = os.path.join(out, STATE_DIR)
+    prefix = f"p{cfg.shard_index:03d}"
     import streaming  # noqa: F401  (imported once here, so forked workers do not each import torch)
 
     start = time.perf_counter()  # after the imports: the figure is about converting, not starting up
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     queue = ctx.Queue() if cfg.workers > 1 else None
-    pool = ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(queue,)) if cfg.workers > 1 else None
+    pool = (ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(queue, os.getpid()))
+            if cfg.workers > 1 else None)
     try:
         all_tasks, plan_rejects = plan(cfg, opts, pool)
         n = len(all_tasks)
@@ -302,41 +377,42 @@ def convert(cfg: ConvertConfig, echo: Any = print) -> dict:
         with open(plan_file, "w") as fh:
             json.dump({"fingerprint": fp, "tasks": len(tasks)}, fh)
         if cfg.shard_index == 0 or cfg.num_shards == 1:  # planning rejects are reported once
-            with open(os.path.join(state, f"plan-rejects-{prefix}.jsonl"), "w") as fh:
-                for r in plan_rejects:
-                    fh.write(json.dumps(r) + "\n")
             for r in plan_rejects:
-                echo(f"reject {r['path']}: {r['reason']}")
-        for d in os.listdir(out):  # partial chunks of a killed run
-            if d.endswith(".tmp"):
-                shutil.rmtree(os.path.join(out, d), ignore_errors=True)
+                r["uid"], r["path"] = reject_uid(key, r["path"]), shown_path(r["path"])
+                echo(reject_line(r, cfg.show_paths))
+            write_jsonl(os.path.join(state, f"plan-rejects-{prefix}.jsonl"),
+                        [{"uid": r["uid"], "reason": r["reason"]} for r in plan_rejects])
+            write_jsonl(os.path.join(report, PARTS_DIR, f"plan-{prefix}.jsonl"), plan_rejects)
         chunks = _chunks(tasks, prefix, cfg.chunk_mb)
         done = done_chunks(out)
+        for d in os.listdir(out):  # partial chunks of a killed run: redone from scratch
+            if d.endswith(".tmp") or (d.startswith(f"{prefix}-c") and d not in done):
+                shutil.rmtree(os.path.join(out, d), ignore_errors=True)
         todo = [c for c in chunks if c.name not in done]
-        total_tasks = sum(len(c.tasks) for c in todo)
-        bar = progress_bar(cfg.progress, total_tasks)
+        bar = progress_bar(cfg.progress, sum(len(c.tasks) for c in todo))
         if pool is None:
             for spec in todo:
-                process_chunk(out, spec, opts, wopts, key, report=lambda k, rj: tick(bar, k, rj, echo))
+                process_chunk(out, spec, opts, wopts, key, report_dir=report,
+                              report=lambda k, rj: tick(bar, k, rj, echo, cfg.show_paths))
         else:
-            pending = [pool.apply_async(_run_chunk, ((out, spec, opts, wopts, key),)) for spec in todo]
+            pending = [pool.apply_async(_run_chunk, ((out, spec, opts, wopts, key, report),)) for spec in todo]
             while pending:
-                drain(queue, bar, echo, timeout=0.2)
+                drain(queue, bar, echo, timeout=0.2, show_paths=cfg.show_paths)
                 still = []
                 for r in pending:
                     if r.ready():
-                        r.get()  # re-raise a worker crash (a bug) here
+                        r.get()  # re-raise a worker's error (a full disk, a bug) here
                     else:
                         still.append(r)
                 pending = still
-            drain(queue, bar, echo, timeout=0.0)
+            drain(queue, bar, echo, timeout=0.0, show_paths=cfg.show_paths)
         bar.close()
+    except BaseException:
+        if pool is not None:
+            pool.terminate()  # no worker goes on writing after the run has failed
+        raise
     finally:
         if pool is not None:
             pool.close()
             pool.join()
-    summary = merge(out)
-    summary["seconds"] = round(time.perf_counter() - start, 3)
-    summary["images_per_second"] = round(summary["images"] / summary["seconds"], 2) if summary["seconds"] else 0
-    write_summary(out, summary)
-    return summary
+    return start

@@ -14,6 +14,7 @@ import hmac
 import os
 import re
 import secrets
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ __all__ = [
     "check_burned_in",
     "load_uid_key",
     "keyed_uid",
+    "reject_uid",
+    "coded_modality",
 ]
 
 _CODE = re.compile(r"^[A-Z0-9 _\-]{1,32}$")
@@ -49,6 +52,22 @@ BODY_PARTS = frozenset(
 VIEW_POSITIONS = frozenset({"AP", "PA", "LL", "RL", "LAT", "LLD", "RLD", "OBL", "LAO", "RAO", "LPO", "RPO",
                             "CC", "MLO", "ML", "LM", "XCC", "AXIAL", "SAG", "COR"})
 LATERALITIES = frozenset({"L", "R", "U", "B"})
+
+
+#: Coded DICOM Modality values (PS3.3 C.7.3.1.1.1 defined terms, current and retired). Only these are
+#: ever stored or echoed; a free-text Modality value is treated as missing.
+DICOM_MODALITIES = frozenset(
+    """AR ASMT AU BDUS BI BMD CD CF CP CR CS CT DD DF DG DM DOC DS DX EC ECG EPS ES FA FID FS GM HC HD IO IOL
+    IVOCT IVUS KER KO LEN LP LS MA MG MR MS NM OAM OCT OP OPM OPR OPT OPTBSV OPTENF OPV OSS OT PLAN POS PR PT
+    PX REG RESP RF RG RTDOSE RTIMAGE RTINTENT RTPLAN RTRAD RTRECORD RTSEGANN RTSTRUCT RWV SEG SM SMR SR SRF STAIN
+    SC TEXTUREMAP TG US VA VF XA XAPLAN XC""".split()
+)
+
+
+def coded_modality(value: Any) -> str | None:
+    """The DICOM Modality value when it is a defined term, else None (free text is never echoed)."""
+    text = str(value or "").strip().upper()
+    return text if text in DICOM_MODALITIES else None
 
 
 def _vocab(words: frozenset[str]) -> Any:
@@ -76,7 +95,7 @@ def _int(value: Any) -> int | None:
 
 #: DICOM keyword -> (meta key, sanitizer). The only header attributes that reach a shard.
 ALLOWED_TAGS: dict[str, tuple[str, Any]] = {
-    "Modality": ("dicom_modality", _code),
+    "Modality": ("dicom_modality", coded_modality),
     "BodyPartExamined": ("body_part", _vocab(BODY_PARTS)),
     "ViewPosition": ("view_position", _vocab(VIEW_POSITIONS)),
     "ImageLaterality": ("laterality", _vocab(LATERALITIES)),
@@ -135,7 +154,7 @@ def check_burned_in(ds: Any, allow: bool) -> None:
     if flag == "NO":
         return
     sop = str(ds.get("SOPClassUID", ""))
-    modality = _code(ds.get("Modality", "")) or ""
+    modality = coded_modality(ds.get("Modality", "")) or ""
     if sop in SECONDARY_CAPTURE_CLASSES:
         raise RejectError(
             "secondary capture without BurnedInAnnotation NO (may carry burned-in text); "
@@ -148,32 +167,78 @@ def check_burned_in(ds: Any, allow: bool) -> None:
         )
 
 
+#: The shortest uid key accepted, in bytes (a generated key is 64 hex characters).
+_MIN_KEY_BYTES = 32
+
+
+def _new_key_file(key_file: Path) -> bool:
+    """Create ``key_file`` with a new random key, mode 0600 from its first byte; False if another process won.
+
+    The key is written under a temporary name opened with ``O_CREAT|O_EXCL`` and mode 0600 (the umask
+    can only clear bits; ``fchmod`` then sets exactly 0600) and hard-linked to ``key_file``, which fails
+    when that name exists: of two processes creating at once, one key is kept and both read it.
+    """
+    key_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = key_file.with_name(f".{key_file.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, secrets.token_hex(32).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(tmp, key_file)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+
+
+def _checked_key(key: bytes, source: str, key_file: Path | None = None) -> bytes:
+    """``key``, refused when shorter than 32 bytes; a ``key_file`` open to group or others is warned about."""
+    if key_file is not None:
+        mode = key_file.stat().st_mode & 0o777
+        if mode & 0o077:
+            print(f"unimed: warning: uid key file {key_file} is open to group or others (mode {mode:03o}): "
+                  f"run chmod 600 {key_file}", file=sys.stderr)
+    if len(key) < _MIN_KEY_BYTES:
+        raise UserError(f"{source}: the uid key is {len(key)} bytes, shorter than {_MIN_KEY_BYTES}: "
+                        "make one with `openssl rand -hex 32`")
+    return key
+
+
 def load_uid_key(path: str | None = None) -> bytes:
     """The secret key of the keyed uid hash.
 
     From ``path`` (``--uid-key-file``), else ``$UNIMED_UID_KEY`` (hex or text), else a per-user key
-    file ``~/.config/unimed/uid.key`` created on first use. Keep it out of the shards: whoever has it
-    can test a guessed identifier against a uid. Share it between machines of one split job.
+    file ``~/.config/unimed/uid.key`` created on first use (mode 0600, with a one-line note on stderr).
+    Keep it out of the shards: whoever has it can test a guessed identifier against a uid. Share it
+    between machines of one split job. A key shorter than 32 bytes is refused (a ``UserError`` naming
+    where it came from); a key file that group or others can open is warned about on stderr.
     """
     if path:
         p = Path(path)
         if not p.is_file():
             raise UserError(f"{path}: uid key file not found")
-        return p.read_bytes().strip()
+        return _checked_key(p.read_bytes().strip(), path, p)
     env = os.environ.get("UNIMED_UID_KEY")
     if env:
-        return env.encode()
-    home = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "unimed"
+        return _checked_key(env.encode(), "$UNIMED_UID_KEY")
+    home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "unimed"
     key_file = home / "uid.key"
-    if not key_file.exists():
-        home.mkdir(parents=True, exist_ok=True)
-        tmp = key_file.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(secrets.token_hex(32))
-        tmp.chmod(0o600)
-        os.replace(tmp, key_file)
-    return key_file.read_bytes().strip()
+    if not key_file.exists() and _new_key_file(key_file):
+        print(f"unimed: created the uid key {key_file}; a split job needs this same key on every machine",
+              file=sys.stderr)
+    return _checked_key(key_file.read_bytes().strip(), str(key_file), key_file)
 
 
 def keyed_uid(key: bytes, identity: str) -> str:
     """A 32-hex-digit keyed hash of an image identity (stable, unique, not reversible without key)."""
-    return hmac.new(key, identity.encode(), hashlib.sha256).hexdigest()[:32]
+    return hmac.new(key, identity.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()[:32]
+
+
+def reject_uid(key: bytes, path: str) -> str:
+    """The keyed uid by which the dataset names a rejected input (its path stays in the report)."""
+    return keyed_uid(key, "input:" + path)

@@ -1,5 +1,12 @@
-"""Merging chunk folders into one dataset: the index (mosaicml-streaming's ``merge_index``), the
-rejects and ``summary.json``. Also the command ``ingest merge DIR`` for the parts of a split job."""
+"""Merging chunk folders into one dataset: the index, the rejects and ``summary.json``.
+
+``convert`` calls :func:`merge` after its chunks; ``ingest merge DIR`` runs it on a folder into which
+the chunk folders of a split job were copied. The merged ``index.json`` is the one
+``streaming.base.util.merge_index`` writes (each chunk's shards, their basenames prefixed with the
+chunk folder), written here to a temporary name and renamed, so a full disk never leaves a partial
+index. The dataset's ``rejects.jsonl`` names rejected inputs by keyed uid; the report folder's
+``rejects.jsonl`` (outside the dataset) adds their paths for the operator.
+"""
 
 from __future__ import annotations
 
@@ -9,54 +16,75 @@ import os
 from collections import Counter
 
 from unimed.errors import UserError
-from unimed.ingest.writer import DONE_FILE
+from unimed.ingest.writer import DONE_FILE, PARTS_DIR, write_jsonl
 
-__all__ = ["STATE_DIR", "done_chunks", "merge", "write_summary"]
+__all__ = ["STATE_DIR", "done_chunks", "merge", "merge_indexes", "merge_report", "write_summary"]
 
-STATE_DIR = ".unimed"  # plans and planning rejects, beside the chunk folders
+STATE_DIR = ".unimed"  # plan fingerprints, planning rejects (uid and reason), the run lock
 
 
 def done_chunks(out: str) -> dict[str, dict]:
+    """The complete chunk folders of ``out`` (``done.json`` and ``index.json`` present) and their stats."""
     done = {}
     for d in sorted(os.listdir(out)):
         f = os.path.join(out, d, DONE_FILE)
-        if os.path.isfile(f) and os.path.isfile(os.path.join(out, d, "index.json")):
+        if d.endswith(".tmp") or not (os.path.isfile(f) and os.path.isfile(os.path.join(out, d, "index.json"))):
+            continue
+        try:
             with open(f) as fh:
                 done[d] = json.load(fh)
+        except ValueError:  # a chunk whose done.json was cut short is not done: it is redone
+            continue
     return done
 
 
-def merge(out: str) -> dict:
-    """Merge the index of every complete chunk folder into ``<out>/index.json`` and write the summary.
+def _replace_json(path: str, obj: object, indent: int | None = None) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=indent)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
-    Also the command ``ingest merge DIR`` after copying the parts of a split job into one folder.
+
+def merge_indexes(out: str, chunks: list[str]) -> None:
+    """Write ``<out>/index.json`` over the shards of the given chunk folders, atomically."""
+    shards = []
+    for d in chunks:
+        with open(os.path.join(out, d, "index.json")) as fh:
+            part = json.load(fh)
+        for shard in part["shards"]:
+            for key in ("raw_data", "zip_data", "raw_meta", "zip_meta"):
+                if shard.get(key):
+                    shard[key]["basename"] = os.path.join(d, shard[key]["basename"])
+            shards.append(shard)
+    _replace_json(os.path.join(out, "index.json"), {"version": 2, "shards": shards})
+
+
+def merge_report(report: str) -> int:
+    """Gather the report folder's parts into ``<report>/rejects.jsonl`` (uid, path, reason); return the count."""
+    rows: list[dict] = []
+    for f in sorted(glob.glob(os.path.join(report, PARTS_DIR, "*.jsonl"))):
+        with open(f) as fh:
+            rows.extend(json.loads(line) for line in fh if line.strip())
+    write_jsonl(os.path.join(report, "rejects.jsonl"), sorted(rows, key=lambda r: (r["path"], r["reason"])))
+    return len(rows)
+
+
+def merge(out: str, report: str | None = None) -> dict:
+    """Merge every complete chunk folder of ``out`` into one index, rejects list and summary.
+
+    ``report``, when given and present, is the run's report folder: its per-chunk reject lists
+    (with paths) are gathered into ``<report>/rejects.jsonl``.
     """
-    from streaming.base.util import merge_index
-
     if not os.path.isdir(out):
         raise UserError(f"{out}: no such folder")
     done = done_chunks(out)
-    index_files = [os.path.join(out, d, "index.json") for d in done]
-    if os.path.exists(os.path.join(out, "index.json")):  # rebuilt from the chunks every time
-        os.remove(os.path.join(out, "index.json"))
-    if index_files:
-        import logging
-
-        quiet = [logging.getLogger(n) for n in ("", "streaming")]
-        levels = [lg.level for lg in quiet]
-        for lg in quiet:
-            lg.setLevel(logging.ERROR)
-        try:
-            merge_index(index_files, out, keep_local=True)
-        finally:
-            for lg, lv in zip(quiet, levels):
-                lg.setLevel(lv)
-    else:  # every input was rejected: an empty but valid dataset
-        with open(os.path.join(out, "index.json"), "w") as fh:
-            json.dump({"version": 2, "shards": []}, fh)
+    merge_indexes(out, list(done))
     rejects: list[dict] = []
-    state = os.path.join(out, STATE_DIR)
-    for f in sorted(glob.glob(os.path.join(state, "plan-rejects-*.jsonl"))):
+    for f in sorted(glob.glob(os.path.join(out, STATE_DIR, "plan-rejects-*.jsonl"))):
         with open(f) as fh:
             rejects.extend(json.loads(line) for line in fh if line.strip())
     modality: Counter = Counter()
@@ -75,11 +103,10 @@ def merge(out: str) -> dict:
         os.path.getsize(os.path.join(dp, f)) for d in done for dp, _, fs in os.walk(os.path.join(out, d)) for f in fs
         if ".mds" in f
     )
-    with open(os.path.join(out, "rejects.jsonl.tmp"), "w") as fh:
-        for r in sorted(rejects, key=lambda r: r["path"]):
-            fh.write(json.dumps(r) + "\n")
-    os.replace(os.path.join(out, "rejects.jsonl.tmp"), os.path.join(out, "rejects.jsonl"))
-    summary = {
+    write_jsonl(os.path.join(out, "rejects.jsonl"), sorted(rejects, key=lambda r: (r["uid"], r["reason"])))
+    if report is not None and os.path.isdir(report):
+        merge_report(report)
+    return {
         "images": images,
         "tasks": tasks,
         "rejects": len(rejects),
@@ -91,11 +118,8 @@ def merge(out: str) -> dict:
         "bytes_per_image": round(image_bytes / images, 1) if images else 0,
         "worker_seconds": {k: round(v, 3) for k, v in sorted(secs.items())},
     }
-    return summary
 
 
 def write_summary(out: str, summary: dict) -> None:
-    tmp = os.path.join(out, "summary.json.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(summary, fh, indent=2)
-    os.replace(tmp, os.path.join(out, "summary.json"))
+    """Write ``<out>/summary.json`` atomically."""
+    _replace_json(os.path.join(out, "summary.json"), summary, indent=2)

@@ -14,7 +14,24 @@ from typing import Any
 
 from unimed.errors import UserError
 
-__all__ = ["open_dataset"]
+__all__ = ["open_dataset", "read_index"]
+
+
+def read_index(folder: str) -> dict:
+    """The folder's ``index.json``; a missing, empty or damaged one is a one-line UserError."""
+    import json
+
+    path = os.path.join(folder, "index.json")
+    if not os.path.isfile(path):
+        raise UserError(f"{folder}: no index.json (not a converted folder, or the run has not finished)")
+    try:
+        with open(path) as fh:
+            index = json.load(fh)
+    except (ValueError, UnicodeDecodeError):
+        index = None
+    if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
+        raise UserError(f"{path}: empty or damaged index; rerun `ingest merge {folder}` to rebuild it")
+    return index
 
 
 @contextlib.contextmanager
@@ -23,8 +40,7 @@ def open_dataset(folder: str) -> Iterator[Any]:
     from streaming import StreamingDataset
     from streaming.base.util import clean_stale_shared_memory
 
-    if not os.path.isfile(os.path.join(folder, "index.json")):
-        raise UserError(f"{folder}: no index.json (not a converted folder, or the run has not finished)")
+    read_index(folder)
     clean_stale_shared_memory()
     with tempfile.TemporaryDirectory(prefix="unimed-read-") as cache:
         ds = StreamingDataset(remote=os.path.abspath(folder), local=cache, shuffle=False, batch_size=1,

@@ -7,8 +7,7 @@ import json
 import os
 from typing import Any
 
-from unimed.errors import UserError
-from unimed.ingest.reader import open_dataset
+from unimed.ingest.reader import open_dataset, read_index
 from unimed.schema import COLUMNS, check_sample
 
 __all__ = ["verify"]
@@ -98,11 +97,7 @@ def _check_samples(folder: str, index: dict, decode: bool) -> tuple[list[str], i
 
 def verify(folder: str, decode: bool = True) -> tuple[list[str], dict]:
     """All faults of a converted folder (empty when sound) and its counts."""
-    index_path = os.path.join(folder, "index.json")
-    if not os.path.isfile(index_path):
-        raise UserError(f"{folder}: no index.json (not a converted folder, or the run has not finished)")
-    with open(index_path) as fh:
-        index = json.load(fh)
+    index = read_index(folder)
     faults = _check_files(folder, index)
     counts = {"shards": len(index["shards"]), "samples": sum(s["samples"] for s in index["shards"])}
     if faults:  # do not hand corrupted shards to the reader

@@ -8,24 +8,28 @@ in place. A killed run therefore leaves either a complete chunk folder or a ``.t
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from unimed.errors import safe_reason
+from unimed.errors import safe_reason, shown_path
 from unimed.ingest import intensity
 from unimed.ingest.captions import CaptionEngine
-from unimed.ingest.deid import keyed_uid
+from unimed.ingest.deid import keyed_uid, reject_uid
 from unimed.ingest.sources.base import TIMES, Options, Task, get_source, timed
 from unimed.schema import COLUMNS
 
-__all__ = ["ChunkSpec", "WriteOptions", "process_chunk", "DONE_FILE"]
+__all__ = ["ChunkSpec", "WriteOptions", "process_chunk", "write_jsonl", "DONE_FILE", "PARTS_DIR"]
 
 DONE_FILE = "done.json"
+PARTS_DIR = "parts"  # per-chunk and per-plan reject lists with paths, in the report folder
 
 
 @dataclass
@@ -79,11 +83,52 @@ def _sample(item: Any, task: Task, engine: CaptionEngine, wopts: WriteOptions, k
     }
 
 
+def _convert_task(task: Task, opts: Options, engine: CaptionEngine, wopts: WriteOptions,
+                  key: bytes) -> tuple[list[dict], str | None]:
+    """The samples of one task, or no samples and the reason (a reject never stops the chunk)."""
+    samples: list[dict] = []
+    try:
+        source = get_source(task.source)
+        with library_notes(reject_uid(key, task.name)):
+            for item in source.iter_items(task, opts):
+                samples.append(_sample(item, task, engine, wopts, key))
+    except Exception as exc:  # RejectError, or a bug: either way the run goes on
+        return [], safe_reason(exc)
+    if not samples:
+        return [], "no image left after skipping empty slices"
+    return samples, None
+
+
+def _convert_copies(task: Task, opts: Options, engine: CaptionEngine, wopts: WriteOptions,
+                    key: bytes) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Convert a task, trying the other copies of the same DICOM instance when it fails.
+
+    The first copy (in path order) that converts is kept; every other copy becomes a reject saying
+    why, so a truncated re-sent copy never displaces a good original.
+    """
+    copies = [task] + [Task(task.source, [p], task.weight, {**task.extra, "alternates": []})
+                       for p in task.extra.get("alternates", [])]
+    failed: list[tuple[str, str]] = []
+    for i, copy in enumerate(copies):
+        samples, reason = _convert_task(copy, opts, engine, wopts, key)
+        if samples:
+            dup = "duplicate DICOM instance (same SOP Instance UID)"
+            rejects = [(p, f"{dup}: this copy failed ({r}); another copy was kept") for p, r in failed]
+            rejects += [(c.name, f"{dup}: another copy was kept") for c in copies[i + 1:]]
+            return samples, rejects
+        failed.append((copy.name, reason or "no image"))
+    if len(failed) > 1:
+        failed = [failed[0]] + [(p, f"duplicate DICOM instance (same SOP Instance UID): {r}") for p, r in failed[1:]]
+    return [], failed
+
+
 def process_chunk(out: str, spec: ChunkSpec, opts: Options, wopts: WriteOptions, key: bytes,
-                  report: Any = None) -> dict:
+                  report: Any = None, report_dir: str | None = None) -> dict:
     """Convert a chunk's tasks into ``<out>/<spec.name>/``; return its stats.
 
-    ``report(n_images, rejects)`` is called after each task (progress and reject lines).
+    ``report(n_images, rejects)`` is called after each task (progress and reject lines). Rejects in
+    the chunk's ``done.json`` hold the keyed uid and the reason only; their paths go to
+    ``<report_dir>/parts/<chunk>.jsonl``, outside the dataset folder.
     """
     from streaming import MDSWriter
 
@@ -103,21 +148,11 @@ def process_chunk(out: str, spec: ChunkSpec, opts: Options, wopts: WriteOptions,
     with MDSWriter(out=tmp, columns=COLUMNS, compression=wopts.compression, hashes=["xxh64"],
                    size_limit=wopts.size_limit, exist_ok=False, progress_bar=False) as writer:
         for task in spec.tasks:
-            samples: list[dict] = []
             t0 = time.perf_counter()
             enc0 = TIMES.get("encode", 0.0)
-            try:
-                source = get_source(task.source)
-                for item in source.iter_items(task, opts):
-                    samples.append(_sample(item, task, engine, wopts, key))
-                if not samples:
-                    raise _Empty()
-            except _Empty:
-                rejects.append({"path": task.name, "reason": "no image left after skipping empty slices"})
-                samples = []
-            except Exception as exc:  # RejectError, or a bug: either way the run goes on
-                rejects.append({"path": task.name, "reason": safe_reason(exc)})
-                samples = []
+            samples, failed = _convert_copies(task, opts, engine, wopts, key)
+            new = [{"uid": reject_uid(key, p), "path": shown_path(p), "reason": r} for p, r in failed]
+            rejects.extend(new)
             gen_time += (time.perf_counter() - t0) - (TIMES.get("encode", 0.0) - enc0)
             with timed("write"):
                 for s in samples:
@@ -128,7 +163,7 @@ def process_chunk(out: str, spec: ChunkSpec, opts: Options, wopts: WriteOptions,
                 image_bytes += len(s["image"])
             n += len(samples)
             if report is not None:
-                report(len(samples), rejects[-1:] if not samples else [])
+                report(len(samples), new)
     decode = TIMES.get("decode", 0.0)
     stats = {
         "chunk": spec.name,
@@ -137,7 +172,7 @@ def process_chunk(out: str, spec: ChunkSpec, opts: Options, wopts: WriteOptions,
         "modality": dict(counts),
         "source": dict(sources),
         "image_bytes": image_bytes,
-        "rejects": rejects,
+        "rejects": [{"uid": r["uid"], "reason": r["reason"]} for r in rejects],
         "seconds": {
             "decode": round(decode, 4),
             "transform": round(max(gen_time - decode, 0.0), 4),
@@ -146,11 +181,39 @@ def process_chunk(out: str, spec: ChunkSpec, opts: Options, wopts: WriteOptions,
             "total": round(time.perf_counter() - start, 4),
         },
     }
+    if report_dir is not None:
+        write_jsonl(os.path.join(report_dir, PARTS_DIR, f"{spec.name}.jsonl"), rejects)
     with open(os.path.join(tmp, DONE_FILE), "w") as fh:
         json.dump(stats, fh)
     os.replace(tmp, final)  # atomic: the chunk exists whole or not at all
     return stats
 
 
-class _Empty(Exception):
-    pass
+def write_jsonl(path: str, rows: list[dict]) -> None:
+    """Write JSON lines atomically (a temporary name, then a rename)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        for r in rows:
+            fh.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def library_notes(label: str) -> Iterator[None]:
+    """Prefix what tifffile logs while an input is converted with that input's keyed uid.
+
+    tifffile warns without naming the file; a warning during conversion then says which input it is
+    about (by uid, as reject lines do: no path reaches a log).
+    """
+    logger = logging.getLogger("tifffile")
+
+    def name_it(record: logging.LogRecord) -> bool:
+        record.msg = f"{label}: {record.msg}"
+        return True
+
+    logger.addFilter(name_it)
+    try:
+        yield
+    finally:
+        logger.removeFilter(name_it)

@@ -49,6 +49,7 @@ class Options:
     level: int | None = None  # slides: a pyramid level instead of --mpp (or where the resolution is unknown)
     min_tissue: float = 0.5  # slides: fraction of a tile that must be tissue
     max_tiles: int = 1000  # slides: at most this many tiles per slide (0: no cap)
+    text: str = "scrub"  # free text: scrub (remove PHI) | findings (keep only clinical-vocabulary sentences)
 
 
 @dataclass

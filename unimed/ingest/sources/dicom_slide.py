@@ -51,7 +51,8 @@ def plan(path: Path, opts: Options) -> Task:
     deid.check_burned_in(ds, opts.allow_burned_in)
     org = str(ds.get("DimensionOrganizationType", "TILED_FULL")).upper()
     if org != "TILED_FULL":
-        raise RejectError(f"DICOM slide with {org} organization is not supported (TILED_FULL only)")
+        shown = org if org in ("TILED_SPARSE", "3D", "3D_TEMPORAL") else "another"  # echo coded values only
+        raise RejectError(f"DICOM slide with {shown} organization is not supported (TILED_FULL only)")
     extra = {
         "kind": "dicom",
         "sop": str(ds.get("SOPInstanceUID", "")) or None,

@@ -16,7 +16,9 @@ carries file names and dates) never reach a shard.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -195,6 +197,17 @@ def choose_level(sizes: list[tuple[int, int]], mpp: float | None, opts: Options)
     return level, max(opts.mpp / level_mpp[level], 1.0) if fine else 1.0, max(opts.mpp, level_mpp[level])
 
 
+@contextlib.contextmanager
+def _silent(logger_name: str) -> Iterator[None]:
+    logger = logging.getLogger(logger_name)
+    before = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = before
+
+
 @register
 class SlideSource(Source):
     """Pyramidal TIFF / SVS slides and DICOM whole-slide images."""
@@ -213,7 +226,8 @@ class SlideSource(Source):
         try:
             import tifffile
 
-            with tifffile.TiffFile(path) as tif:
+            # A DICOM file's preamble may look like TIFF: what tifffile says about it is not about a slide.
+            with _silent("tifffile"), tifffile.TiffFile(path) as tif:
                 page = tif.pages.first
                 return bool(page.is_tiled) and (len(tif.series[0].levels) > 1 or page.imagewidth >= _BIG)
         except Exception:
