@@ -72,7 +72,7 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None, train_d
 
     from unimed.streaming.loader import build_loader
     from unimed.train.callbacks import build_callbacks
-    from unimed.train.checkpoint import tokenizer_for
+    from unimed.train.checkpoint import composer_load_guard, tokenizer_for
     from unimed.train.composer_model import UnimedCLIP
     from unimed.train.weights import build_model
 
@@ -89,31 +89,34 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None, train_d
         save_config(cfg, os.path.join(cfg.save_folder, "config.yaml"))
     loader = train_dataloader if train_dataloader is not None else build_loader(cfg.data, tokenizer)
     callbacks = build_callbacks(cfg, tokenizer, on_gpu=device == "gpu") + list(extra_callbacks or [])
-    return Trainer(
-        run_name=cfg.run_name,
-        model=model,
-        train_dataloader=loader,
-        optimizers=build_optimizer(model, cfg),
-        schedulers=CosineAnnealingWithWarmupScheduler(t_warmup=cfg.scheduler.warmup, alpha_f=cfg.scheduler.alpha_f),
-        max_duration=cfg.max_duration,
-        device=device,
-        precision=precision,
-        parallelism_config=parallelism,
-        device_train_microbatch_size=cfg.data.batch_size,
-        callbacks=callbacks,
-        algorithms=_algorithms(cfg),
-        save_folder=cfg.save_folder,
-        save_interval=cfg.save_interval,
-        save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
-        save_overwrite=False,
-        autoresume=bool(cfg.autoresume and cfg.save_folder),
-        load_path=cfg.load_path,
-        seed=cfg.seed,
-        progress_bar=False,
-        log_to_console=True,
-        console_log_interval=cfg.console_log_interval,
-        python_log_level=None,
-    )
+    autoresume = bool(cfg.autoresume and cfg.save_folder)
+    # Composer unpickles load_path / the autoresume checkpoint with weights_only=False: the guard makes it safe.
+    with composer_load_guard(cfg.load_path, cfg.save_folder if autoresume else None):
+        return Trainer(
+            run_name=cfg.run_name,
+            model=model,
+            train_dataloader=loader,
+            optimizers=build_optimizer(model, cfg),
+            schedulers=CosineAnnealingWithWarmupScheduler(t_warmup=cfg.scheduler.warmup, alpha_f=cfg.scheduler.alpha_f),
+            max_duration=cfg.max_duration,
+            device=device,
+            precision=precision,
+            parallelism_config=parallelism,
+            device_train_microbatch_size=cfg.data.batch_size,
+            callbacks=callbacks,
+            algorithms=_algorithms(cfg),
+            save_folder=cfg.save_folder,
+            save_interval=cfg.save_interval,
+            save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
+            save_overwrite=False,
+            autoresume=autoresume,
+            load_path=cfg.load_path,
+            seed=cfg.seed,
+            progress_bar=False,
+            log_to_console=True,
+            console_log_interval=cfg.console_log_interval,
+            python_log_level=None,
+        )
 
 
 def _algorithms(cfg: TrainConfig) -> list:

@@ -2,7 +2,8 @@
 
 The image tower takes the ``visual.*`` tensors of an open_clip or MetaCLIP checkpoint file (a plain
 state dict, or one under ``state_dict``/``model``, ``module.`` prefixes removed); positional
-embeddings are resized when the checkpoint's grid differs (a 224 checkpoint into a 336 tower). The
+embeddings are resized when the checkpoint's grid differs (a 224 checkpoint into a 336 tower); a
+``.pt``/``.bin`` file is unpickled only through ``safe_load`` (``weights_only``, a refusal names it). The
 text tower takes a Hugging Face folder (BiomedBERT) through ``BertModel.from_pretrained`` with
 ``local_files_only``. Each load logs the missing and unexpected keys, so a wrong file is obvious.
 """
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from unimed.errors import UserError
+from unimed.train.checkpoint import safe_load
 
 __all__ = ["LoadReport", "load_vision_weights", "load_text_weights", "build_model"]
 
@@ -50,7 +52,7 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
 
         state = load_file(path)
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = safe_load(path)  # weights_only; a file that would unpickle anything else is a UserError
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
