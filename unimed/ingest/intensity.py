@@ -3,11 +3,19 @@
 The documented transform, applied in this order (tests check shards against it):
 
 1. stored values → physical values (DICOM modality LUT or rescale slope/intercept: Hounsfield for CT);
-2. physical values → [0, 1] by a window (``center``, ``width``, DICOM linear formula), by a VOI LUT,
-   or by percentiles (0.5–99.5 by default) where no window applies;
+2. physical values → [0, 1] by a window (``center``, ``width``, DICOM linear formula), by a VOI LUT
+   (its output divided by the top of its declared output range, PS3.3 C.11.2.1.1), or by percentiles
+   (0.5–99.5 by default) where no window applies. Hounsfield windows (``--window`` names or
+   ``C:W``, and the default soft-tissue window) apply to CT only: X-ray, MRI and the rest have no
+   Hounsfield scale, so they take the file's VOI LUT or window, else percentiles, whatever
+   ``--window`` says (``--window file`` asks for that path for CT too). Percentiles are taken over
+   the whole object (a multi-frame file, a volume), so its frames or slices share one scale;
 3. MONOCHROME1 is inverted after windowing (so bone is always bright);
 4. [0, 1] → uint8 (or uint16 for 16-bit PNG) by rounding ``x * (2**bits - 1)``;
 5. resized so the longer side is at most ``max_side`` (Lanczos), then encoded as JPEG or PNG.
+
+Emptiness (:func:`is_empty`) is judged on stored or physical values, before windowing: a slice
+saturated by its window (all above its top) is kept, a constant slice is skipped.
 """
 
 from __future__ import annotations
@@ -20,7 +28,11 @@ from PIL import Image
 __all__ = [
     "HU_WINDOWS",
     "parse_windows",
+    "is_hounsfield_window",
+    "ct_windows",
     "apply_window",
+    "voi_lut_table",
+    "apply_voi_lut",
     "percentile_scale",
     "to_uint",
     "is_empty",
@@ -65,6 +77,60 @@ def parse_windows(spec: str) -> list[tuple[float, float]] | None:
     if len(out) not in (1, 3):
         raise ValueError(f"--window takes 1 window or 3 (as channels), got {len(out)}")
     return out
+
+
+def is_hounsfield_window(spec: str) -> bool:
+    """True when ``--window`` names Hounsfield windows (names or ``C:W``): they apply to CT only."""
+    return spec not in ("auto", "file")
+
+
+def ct_windows(spec: str, modality: str) -> list[tuple[float, float]] | None:
+    """The Hounsfield windows for an image of ``modality`` under ``--window spec``, or None.
+
+    CT: the windows named by ``spec``, the default soft-tissue window for ``auto``, None for
+    ``file``. Every other modality: None (its values are not Hounsfield units), so the caller takes
+    the file's VOI LUT or window, else percentiles.
+    """
+    if modality != "ct" or spec == "file":
+        return None
+    return [HU_WINDOWS[DEFAULT_CT_WINDOW]] if spec == "auto" else parse_windows(spec)
+
+
+def voi_lut_table(descriptor: list[int] | tuple[int, ...], data: np.ndarray, signed: bool = False) -> tuple[int, np.ndarray]:
+    """A VOI LUT (PS3.3 C.11.2.1.1) as ``(first value mapped, entries scaled to [0, 1])``.
+
+    ``descriptor`` is the LUT Descriptor: number of entries (0 means 65536), first input value mapped
+    (signed when the VOI input may be negative: ``signed``), bits per entry ``n``. The output range
+    is 0..2**n - 1, so an entry maps to ``entry / (2**n - 1)``: a LUT whose output spans only part of
+    its range keeps that contrast rather than being stretched. ``n`` is taken as declared, even where
+    the entries stay far below 2**n - 1: the standard defines the output range by the descriptor, and
+    a LUT that uses only part of it is valid (guessing a smaller depth from the largest entry would
+    stretch those). Entries beyond the range are clipped.
+    """
+    if len(descriptor) != 3:
+        raise ValueError(f"a LUT Descriptor has 3 values, got {len(descriptor)}")
+    entries, first, bits = (int(v) for v in descriptor)
+    entries = (entries & 0xFFFF) or 65536  # read as SS, 40000 entries come back negative
+    if signed and first >= 1 << 15:
+        first -= 1 << 16
+    elif not signed and first < 0:
+        first += 1 << 16
+    if not 1 <= bits <= 16:
+        raise ValueError(f"LUT Descriptor gives {bits} bits per entry: the standard allows 8 to 16")
+    data = np.asarray(data).ravel()[:entries]
+    if data.size == 0:
+        raise ValueError("VOI LUT holds no LUT Data")
+    top = float((1 << bits) - 1)
+    return first, np.clip(data.astype(np.float32) / np.float32(top), 0.0, 1.0)
+
+
+def apply_voi_lut(x: np.ndarray, first: int, table: np.ndarray) -> np.ndarray:
+    """Map VOI input values to [0, 1] by a table from :func:`voi_lut_table`.
+
+    Inputs below ``first`` take the first entry, inputs at or past ``first + len(table) - 1`` the last.
+    """
+    idx = np.clip(np.rint(np.asarray(x, dtype=np.float64)) - first, 0, table.size - 1).astype(np.intp)
+    return table[idx]
 
 
 def apply_window(x: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:

@@ -3,8 +3,12 @@
 Every transfer syntax pydicom decodes with its pylibjpeg (JPEG, JPEG-LS, JPEG 2000, RLE) and GDCM
 plugins. Single-frame files of one series are ordered along the slice normal, then by
 InstanceNumber, and carry their slice index. Intensity follows :mod:`unimed.ingest.intensity`:
-modality LUT (rescale), window (CT: a Hounsfield window; others: the file's VOI LUT or window,
-else percentiles), MONOCHROME1 inverted after windowing; colour images converted to RGB.
+modality LUT (rescale), window (CT: a Hounsfield window, the one ``--window`` names or soft tissue;
+``--window file`` and every other modality: the file's VOI LUT or window, else percentiles, so a
+Hounsfield window never reaches an X-ray or MR image), MONOCHROME1 inverted after windowing; colour
+images converted to RGB. A multi-frame file scaled by percentiles takes them over all its frames
+(one scale for the object). Empty frames (constant stored values) are skipped before windowing, so
+a frame the window saturates is kept.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from unimed.errors import RejectError, safe_reason
 from unimed.ingest import deid, intensity
 from unimed.ingest.sources.base import Item, Options, Source, Task, register, timed
 
-__all__ = ["DicomSource", "MODALITY_MAP", "dicom_frame_to_display"]
+__all__ = ["DicomSource", "MODALITY_MAP", "dicom_frame_to_display", "percentile_range"]
 
 #: DICOM Modality -> unimed modality. Anything else is rejected unless --modality is given.
 MODALITY_MAP: dict[str, str] = {
@@ -83,9 +87,9 @@ def _read_header(path: Path) -> Any:
 def _modality(ds: Any, opts: Options) -> str:
     if opts.modality != "auto":
         return opts.modality
-    code = deid._code(ds.get("Modality", "")) or ""
+    code = deid.coded_modality(ds.get("Modality", "")) or ""
     if code not in MODALITY_MAP:
-        shown = code or "missing"
+        shown = code or ("missing" if not str(ds.get("Modality", "")).strip() else "not a coded value")
         raise RejectError(f"DICOM modality {shown} has no unimed modality; pass --modality to set one")
     return MODALITY_MAP[code]
 
@@ -122,9 +126,83 @@ def _first(value: Any) -> float | None:
         return None
 
 
-def dicom_frame_to_display(arr: np.ndarray, ds: Any, frame: int, modality: str, opts: Options) -> tuple[np.ndarray, dict]:
-    """Apply the documented intensity transform to one decoded frame; return pixels and meta."""
-    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
+def _rescale(ds: Any, frame: int) -> tuple[float, float]:
+    slope = _first(_frame_attr(ds, frame, "PixelValueTransformationSequence", "RescaleSlope"))
+    icpt = _first(_frame_attr(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept")) or 0.0
+    return (1.0 if slope is None or slope == 0 else slope), icpt
+
+
+def _physical(arr: np.ndarray, ds: Any, frame: int) -> np.ndarray:
+    """Stored values to physical values (modality LUT or rescale), float32."""
+    if ds.get("ModalityLUTSequence"):
+        from pydicom.pixels import apply_modality_lut
+
+        return apply_modality_lut(arr, ds).astype(np.float32)
+    slope, icpt = _rescale(ds, frame)
+    return arr.astype(np.float32) * np.float32(slope) + np.float32(icpt)
+
+
+def _step2(ds: Any, frame: int, modality: str, opts: Options) -> tuple[str, Any]:
+    """How a monochrome frame goes from physical values to [0, 1]: the kind and its parameters.
+
+    ``("hounsfield", windows)`` for CT, else ``("voi_lut", None)``, ``("window", (c, w, function))``
+    from the file, or ``("percentile", None)``.
+    """
+    windows = intensity.ct_windows(opts.window, modality)
+    if windows is not None:
+        return "hounsfield", windows
+    if ds.get("VOILUTSequence"):
+        return "voi_lut", None
+    center = _first(_frame_attr(ds, frame, "FrameVOILUTSequence", "WindowCenter"))
+    width = _first(_frame_attr(ds, frame, "FrameVOILUTSequence", "WindowWidth"))
+    if center is not None and width is not None and width > 0:
+        function = str(_frame_attr(ds, frame, "FrameVOILUTSequence", "VOILUTFunction") or "LINEAR")
+        return "window", (center, width, function)
+    return "percentile", None
+
+
+def _is_monochrome(ds: Any) -> bool:
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    return photometric != "PALETTE COLOR" and int(ds.get("SamplesPerPixel", 1) or 1) == 1
+
+
+def _voi_lut(ds: Any, signed: bool) -> tuple[int, np.ndarray]:
+    """The first item of the VOI LUT Sequence, read for :func:`intensity.voi_lut_table`."""
+    item = ds.VOILUTSequence[0]
+    desc = [int(v) for v in item.LUTDescriptor]
+    entries, raw = (desc[0] & 0xFFFF) or 65536, item.LUTData
+    if isinstance(raw, (bytes, bytearray)):  # OW: words in the data set's byte order
+        if desc[2] == 8 and len(raw) in (entries, entries + 1):
+            data = np.frombuffer(raw, np.uint8)  # 8-bit entries packed two to a word (PS3.3, CP-522)
+        else:
+            little = getattr(ds, "original_encoding", (None, True))[1] is not False
+            data = np.frombuffer(raw[: len(raw) // 2 * 2], "<u2" if little else ">u2")
+    else:  # US: pydicom gives the words as numbers
+        data = np.asarray([raw] if isinstance(raw, int) else list(raw), np.uint16)
+        if desc[2] == 8 and data.size == (entries + 1) // 2 < entries:
+            data = data.astype("<u2").view(np.uint8)  # packed 8-bit entries, first in the low byte
+    # One 8-bit entry in each 16-bit word (a padding the standard notes some writers use) needs no
+    # special case: the values are the same, and the descriptor's 8 bits give the output range.
+    return intensity.voi_lut_table(desc, data, signed)
+
+
+def percentile_range(ds: Any, frames: list[tuple[np.ndarray, int]], percentiles: tuple[float, float]) -> tuple[float, float]:
+    """Physical values at two percentiles over ``frames`` ((stored array, frame index) pairs)."""
+    lo_p, hi_p = percentiles
+    ref = [_physical(a, ds, i).ravel() for a, i in frames]
+    a, b = (float(v) for v in np.percentile(ref[0] if len(ref) == 1 else np.concatenate(ref), [lo_p, hi_p]))
+    return (a, b) if b > a else (a, a + 1.0)
+
+
+def dicom_frame_to_display(
+    arr: np.ndarray, ds: Any, frame: int, modality: str, opts: Options, scale: tuple[float, float] | None = None
+) -> tuple[np.ndarray, dict]:
+    """Apply the documented intensity transform to one decoded frame; return pixels and meta.
+
+    ``scale``: the percentile range of the whole object (multi-frame files), used where the frame
+    is scaled by percentiles; without it the frame's own percentiles are taken.
+    """
+    from pydicom.pixels import apply_color_lut, apply_modality_lut
 
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     meta: dict[str, Any] = {}
@@ -139,44 +217,34 @@ def dicom_frame_to_display(arr: np.ndarray, ds: Any, frame: int, modality: str, 
         meta["window"] = "rgb"
         return intensity.to_uint(y, 8), meta
 
-    # Monochrome: modality LUT or rescale (Hounsfield units for CT), then a window.
+    # Monochrome: modality LUT or rescale (Hounsfield units for CT), then a window, VOI LUT or percentiles.
     modality_lut = bool(ds.get("ModalityLUTSequence"))
-    slope = _first(_frame_attr(ds, frame, "PixelValueTransformationSequence", "RescaleSlope"))
-    icpt = _first(_frame_attr(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept")) or 0.0
-    slope = 1.0 if slope is None or slope == 0 else slope
-    windows = intensity.parse_windows(opts.window)
-    center = _first(_frame_attr(ds, frame, "FrameVOILUTSequence", "WindowCenter"))
-    width = _first(_frame_attr(ds, frame, "FrameVOILUTSequence", "WindowWidth"))
-    function = str(_frame_attr(ds, frame, "FrameVOILUTSequence", "VOILUTFunction") or "LINEAR")
-    if windows is None and modality == "ct" and opts.window == "auto":
-        windows = [intensity.HU_WINDOWS[intensity.DEFAULT_CT_WINDOW]]
+    slope, icpt = _rescale(ds, frame)
     invert = photometric == "MONOCHROME1"
-
-    if windows is None and ds.get("VOILUTSequence"):
-        v = apply_voi(apply_modality_lut(arr, ds) if modality_lut else arr, ds).astype(np.float32)
-        y, _ = intensity.percentile_scale(v, 0.0, 100.0)
-        meta["window"] = "voi_lut"
-        return intensity.to_uint(1.0 - y if invert else y, opts.bits), meta
-
-    if windows is not None:
+    kind, params = _step2(ds, frame, modality, opts)
+    function, voi, windows = "LINEAR", None, []
+    if kind == "hounsfield":
+        windows = params
         meta["window"] = [list(w) for w in windows] if len(windows) > 1 else list(windows[0])
-    elif center is not None and width is not None and width > 0:
+    elif kind == "voi_lut":
+        signed = int(ds.get("PixelRepresentation", 0) or 0) == 1 or icpt < 0
+        voi = _voi_lut(ds, signed)  # applied to physical values (the modality LUT's output), as PS3.3 says
+        meta["window"] = "voi_lut"
+    elif kind == "window":
+        center, width, function = params
         windows, meta["window"] = [(center, width)], [round(center, 3), round(width, 3)]
     else:
         function = "LINEAR_EXACT"  # percentiles: a plain linear map between the two values
-        lo_p, hi_p = opts.percentiles
-        ref = apply_modality_lut(arr, ds).astype(np.float32) if modality_lut else arr
-        a, b = (float(v) for v in np.percentile(ref, [lo_p, hi_p]))
-        if not modality_lut:
-            a, b = sorted((a * slope + icpt, b * slope + icpt))
-        if b <= a:
-            a, b = a, a + 1.0
+        a, b = scale if scale is not None else percentile_range(ds, [(arr, frame)], opts.percentiles)
         windows = [((a + b) / 2.0, b - a)]
-        meta["window"] = f"percentile {lo_p}-{hi_p}"
+        meta["window"] = f"percentile {opts.percentiles[0]}-{opts.percentiles[1]}"
 
     def transfer(x: np.ndarray) -> np.ndarray:
-        chans = [intensity.apply_window(x, c, w, function) for c, w in windows]
-        y = chans[0] if len(chans) == 1 else np.stack(chans, axis=-1)
+        if voi is not None:
+            y = intensity.apply_voi_lut(x, *voi)
+        else:
+            chans = [intensity.apply_window(x, c, w, function) for c, w in windows]
+            y = chans[0] if len(chans) == 1 else np.stack(chans, axis=-1)
         return intensity.to_uint(1.0 - y if invert else y, opts.bits)
 
     if not modality_lut and arr.dtype.kind in "iu":
@@ -255,12 +323,21 @@ class DicomSource(Source):
         frames = task.extra.get("frames", 1)
         try:
             it = iter([first]) if frames == 1 else iter_pixels(ds)
+            scale = None
+            if frames > 1 and _is_monochrome(ds):
+                scaled = [i for i in range(frames) if _step2(ds, i, modality, opts)[0] == "percentile"]
+                if scaled:  # one percentile scale for the whole object: every frame is needed first
+                    with timed("decode"):
+                        stack = ds.pixel_array
+                    stack = stack.reshape((frames, *stack.shape[-2:]))
+                    scale = percentile_range(ds, [(stack[i], i) for i in scaled], opts.percentiles)
+                    it = iter(stack)
             for i, arr in enumerate(it):
                 if frames == 1 and arr.ndim == 3 and arr.shape[-1] != 3:  # one frame stored as a stack
                     arr = arr[0]
-                pixels, meta = dicom_frame_to_display(arr, ds, i, modality, opts)
-                if intensity.is_empty(pixels):
+                if intensity.is_empty(arr):  # judged on stored values: a saturating window keeps the frame
                     continue
+                pixels, meta = dicom_frame_to_display(arr, ds, i, modality, opts, scale)
                 meta = {**base_meta, **meta}
                 if frames > 1:
                     meta.update(frame=i, n_frames=frames)

@@ -2,9 +2,12 @@
 
 The volume is decompressed once (never once per slice), reoriented to the closest canonical
 (RAS+) orientation, and sliced along the acquisition plane by default: the axis with the largest
-voxel spacing (ties: the last axis, axial). CT is windowed in Hounsfield units; other modalities are
-scaled by percentiles of the whole volume so slices of one volume share one scale. Empty slices
-are skipped. NIfTI has no modality field: ``--modality`` must name it.
+voxel spacing (ties: the last axis, axial). CT is windowed in Hounsfield units (the windows
+``--window`` names, else soft tissue); other modalities, and CT under ``--window file`` (NIfTI
+carries no window), are scaled by percentiles of the whole volume so slices of one volume share one
+scale: a Hounsfield window is never applied to MRI values. Empty slices (constant, judged on the
+volume's values before windowing) are skipped; a slice the window saturates is kept. NIfTI has no
+modality field: ``--modality`` must name it.
 """
 
 from __future__ import annotations
@@ -81,9 +84,7 @@ class NiftiSource(Source):
         vols = data[..., None] if data.ndim == 3 else data
         zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
         axis = choose_axis(zooms, opts.axis)
-        windows = intensity.parse_windows(opts.window)
-        if windows is None and modality == "ct":
-            windows = [intensity.HU_WINDOWS[intensity.DEFAULT_CT_WINDOW]]
+        windows = intensity.ct_windows(opts.window, modality)
         digest = _file_digest(path)
         in_plane = [round(zooms[i], 4) for i in range(3) if i != axis]
         for t in range(vols.shape[-1]):
@@ -101,7 +102,7 @@ class NiftiSource(Source):
                 sl = vol[(slice(None),) * axis + (k,)]  # a view: no copy of the volume
                 if not np.isfinite(sl).all():
                     sl = np.nan_to_num(sl, nan=0.0, posinf=0.0, neginf=0.0)
-                if intensity.is_empty(sl):
+                if intensity.is_empty(sl):  # on physical values: a slice the window saturates is kept
                     continue
                 if windows is not None:
                     chans = [intensity.apply_window(sl, c, w) for c, w in windows]
@@ -112,8 +113,6 @@ class NiftiSource(Source):
                 # Display orientation: RAS+ slice with the first remaining axis left-right -> rows up.
                 y = np.ascontiguousarray(np.rot90(y))
                 pixels = intensity.to_uint(y, opts.bits)
-                if intensity.is_empty(pixels if pixels.ndim == 2 else pixels[..., 0]):
-                    continue
                 meta = {
                     "slice_index": k,
                     "n_slices": int(vol.shape[axis]),
