@@ -28,7 +28,8 @@ import yaml
 
 from unimed.errors import UserError
 
-__all__ = ["Bank", "Finding", "BANK_DIR", "NEGATIVE", "load_bank", "default_banks", "split_label", "CaptionEngine"]
+__all__ = ["Bank", "Finding", "BANK_DIR", "NEGATIVE", "load_bank", "default_banks", "split_label", "CaptionEngine",
+           "fix_articles"]
 
 BANK_DIR = Path(__file__).parent / "banks"
 NEGATIVE = "-"  # prefix of a negative finding in a label list
@@ -160,8 +161,41 @@ class _Fields(dict):
     def __missing__(self, key: str) -> str:  # a phrasing naming a field this caption lacks keeps it visible
         return "{" + key + "}"
 
+#: Letters whose spoken name starts with a vowel sound ("an MRI", "an X-ray", "an H&E stain").
+_VOWEL_LETTERS = frozenset("AEFHILMNORSX")
+#: Vowel-initial words spoken with a consonant sound, and consonant-initial ones spoken with a vowel.
+_A_WORDS = ("uni", "use", "usu", "uro", "ure", "uri", "ute", "uti", "uve", "eu", "one", "once", "ubiq")
+_AN_WORDS = ("hour", "honest", "heir")
+_ARTICLE = re.compile(r"\b([Aa]n?) ([\w&\-]+)")
+
+
+def _article(word: str) -> str:
+    """``a`` or ``an`` before ``word``, by its sound: initialisms by letter name, words by spelling."""
+    head = re.split(r"[\-&]", word, maxsplit=1)[0]
+    if len(head) >= 2 and head.isupper() and head.isalpha() and head not in ("FLAIR", "DWI"):
+        return "an" if head[0] in _VOWEL_LETTERS else "a"  # CT, MRI, X, US: letters spoken one by one
+    if len(head) == 1 and head.isalpha():  # "X-ray", "T2-weighted"
+        return "an" if head.upper() in _VOWEL_LETTERS else "a"
+    low = word.lower()
+    if low.startswith(_AN_WORDS):
+        return "an"
+    if low.startswith(_A_WORDS):
+        return "a"
+    return "an" if low[:1] in "aeiou" else "a"
+
+
+def fix_articles(text: str) -> str:
+    """Choose ``a``/``an`` by the next word ("A MRI scan" -> "An MRI scan"), keeping the capital."""
+
+    def repl(m: re.Match[str]) -> str:
+        art = _article(m.group(2))
+        return f"{art.capitalize() if m.group(1)[0] == 'A' else art} {m.group(2)}"
+
+    return _ARTICLE.sub(repl, text)
+
+
 def _fmt(template: str, **kw: str) -> str:
-    return template.format_map(_Fields(kw))
+    return fix_articles(template.format_map(_Fields(kw)))
 
 class CaptionEngine:
     """Turns (modality, labels, anatomy) into the list of captions a sample stores."""
@@ -222,7 +256,16 @@ class CaptionEngine:
         names = bank.names
         negative = [self._negative(bank, lab) for lab in labels]
         positives = [lab for lab, neg in zip(labels, negative) if not neg]
-        negatives = [lab for lab, neg in zip(labels, negative) if neg]
+        # A negated "No Finding" (CheXpert's 0 in that column) says only that there are findings: dropped.
+        negatives = [lab for lab, neg in zip(labels, negative)
+                     if neg and not self._text(bank, lab)[0].lower().startswith("no ")]
+        # "No Finding" beside findings (CheXpert marks support devices so): said apart, never joined
+        # into "showing no finding and support devices".
+        nothing = [lab for lab in positives if self._text(bank, lab)[0].lower().startswith("no ")]
+        rest = [lab for lab in positives if lab not in nothing]
+        if nothing and rest:
+            said = _cap(self._text(bank, nothing[0])[0])
+            return [f"{c} {said} otherwise." for c in self.captions(modality, rest + negatives, anatomy)]
         out: list[str] = []
         if not labels:
             if anatomy:
@@ -249,6 +292,8 @@ class CaptionEngine:
                 for i, t in enumerate(bank.negative):
                     m = names[i % len(names)]
                     out.append(_fmt(t, modality=m, modality_cap=_cap(m), negatives=negs, negatives_cap=_cap(negs)))
+        if not out and labels:  # only labels that say nothing (a lone "-No Finding"): phrased as unlabeled
+            return self.captions(modality, [], anatomy)
         return list(dict.fromkeys(out))
 
     def unknown_classes(self, modality: str, labels: list[str]) -> list[str]:
