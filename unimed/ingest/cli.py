@@ -68,7 +68,8 @@ def _convert_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action="store_true", help="exit non-zero if any input was rejected")
     p.add_argument("--window", default="auto",
                    help="auto, file, a named HU window (soft_tissue, lung, bone, brain, ...), C:W, or 3 as channels")
-    p.add_argument("--axis", default="auto", help="volumes: auto (acquisition plane), axial, coronal, sagittal")
+    p.add_argument("--axis", default="auto", choices=["auto", "axial", "coronal", "sagittal", "0", "1", "2"],
+                   help="volumes: auto (acquisition plane), axial, coronal, sagittal, or an array axis")
     p.add_argument("--allow-burned-in", action="store_true",
                    help="accept images that may carry burned-in text (only for archives already cleaned)")
     p.add_argument("--uid-key-file", help="secret key of the uid hash (default: $UNIMED_UID_KEY or ~/.config/unimed)")
@@ -93,6 +94,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         rejected += f" (paths in {os.path.join(cfg.report_dir, 'rejects.jsonl')})"
     print(f"converted {summary['images']} images ({mods}) into {cfg.out}; {rejected}; "
           f"{summary['images_per_second']} img/s")
+    if not summary["images"]:
+        print("ingest: error: no image was converted; the reasons are in "
+              f"{os.path.join(cfg.out, 'rejects.jsonl')}", file=sys.stderr)
+        return 1
     return 1 if (cfg.strict and summary["rejects"]) else 0
 
 
@@ -131,10 +136,13 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _cmd_tokenizer(args: argparse.Namespace) -> int:
+    from unimed.ingest.reader import read_index
     from unimed.streaming.tokenizer import train_tokenizer
 
     if not os.path.isdir(args.dir):
         raise UserError(f"{args.dir}: no such folder")
+    if not any(shard.get("samples") for shard in read_index(args.dir)["shards"]):
+        raise UserError(f"{args.dir}: holds no samples, so no captions to train a tokenizer on")
     out = args.out or os.path.join(args.dir, "tokenizer")
     train_tokenizer(args.dir, out, vocab_size=args.vocab_size, context_length=args.context_length)
     print(f"tokenizer saved to {out}")

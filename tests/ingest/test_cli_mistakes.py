@@ -1,0 +1,44 @@
+"""User mistakes at the ingest command line: a non-zero exit and one line that says what to fix."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from unimed.ingest import cli
+from unimed.samples import pydicom_dir
+
+
+def test_zero_images_is_a_failure_with_the_reason(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "notes.txt").write_text("not an image")
+    rc = cli.main(["convert", str(src), "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert [ln for ln in err.splitlines() if ln.startswith("ingest: error")] == [
+        f"ingest: error: no image was converted; the reasons are in {tmp_path / 'out' / 'rejects.jsonl'}"]
+
+
+def test_an_unknown_axis_is_a_bad_argument_not_a_reject_per_file(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(pydicom_dir() / "CT_small.dcm", src)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["convert", str(src), "--out", str(tmp_path / "out"), "--axis", "transverse"])
+    assert exc.value.code == 2 and "--axis" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_tokenizer_on_a_folder_without_samples_says_so(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    cli.main(["convert", str(src), "--out", str(out), "--no-progress"])
+    capsys.readouterr()
+    assert cli.main(["tokenizer", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no samples" in err
+    assert not (out / "tokenizer").exists()
