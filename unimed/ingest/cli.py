@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=_cmd_verify)
     i = sub.add_parser("inspect", help="counts per modality and source, a contact sheet and a balance chart PNG")
     i.add_argument("dir")
-    i.add_argument("--sheet", help="contact sheet path (default DIR/contact_sheet.png)")
+    i.add_argument("--sheet", help="contact sheet path (default DIR.inspect/contact_sheet.png, beside DIR)")
     i.add_argument("--per-modality", type=int, default=6, help="images per modality on the sheet")
     i.add_argument("--seed", type=int, default=0)
     i.set_defaults(func=_cmd_inspect)

@@ -11,45 +11,68 @@ from typing import Any
 
 from unimed.ingest.reader import open_dataset
 
-__all__ = ["inspect", "contact_sheet", "balance_chart"]
+__all__ = ["inspect", "contact_sheet", "balance_chart", "pictures_dir"]
 
 TILE = 192
-TEXT_H = 56
+TEXT_H = 60
+COLS = 6  # tiles per row; a modality with more picks wraps onto further rows
+
+
+def _font(size: int = 12):  # noqa: ANN202 - a PIL font
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # a scalable font (Pillow >= 10.1): spaces keep their width
+    except TypeError:  # pragma: no cover - older Pillow
+        return ImageFont.load_default()
 
 
 def contact_sheet(rows: dict[str, list[dict]], path: str) -> str:
-    """Draw one row per modality of (image, first caption) tiles and save a PNG."""
-    from PIL import Image, ImageDraw, ImageFont
+    """Draw each modality's (image, first caption) tiles in rows of at most ``COLS``; save a PNG.
 
-    font = ImageFont.load_default()
-    cols = max((len(v) for v in rows.values()), default=1)
+    Images are scaled to fill their tile both ways (small images are enlarged), captions wrapped.
+    """
+    import math
+
+    from PIL import Image, ImageDraw, ImageOps
+
+    font = _font()
+    cols = max(1, min(COLS, max((len(v) for v in rows.values()), default=1)))
+    lines = {m: max(1, math.ceil(len(v) / cols)) for m, v in rows.items()}
     label_w = 110
-    sheet = Image.new("RGB", (label_w + cols * TILE, max(1, len(rows)) * (TILE + TEXT_H)), "white")
+    height = max(1, sum(lines.values())) * (TILE + TEXT_H)
+    sheet = Image.new("RGB", (label_w + cols * TILE, height), "white")
     draw = ImageDraw.Draw(sheet)
-    for r, (modality, samples) in enumerate(sorted(rows.items())):
-        y0 = r * (TILE + TEXT_H)
-        draw.text((6, y0 + TILE // 2), f"{modality}", fill="black", font=font)
-        for c, s in enumerate(samples):
-            x0 = label_w + c * TILE
+    y0 = 0
+    for modality, samples in sorted(rows.items()):
+        draw.text((6, y0 + TILE // 2), modality, fill="black", font=font)
+        for k, s in enumerate(samples):
+            x0, y = label_w + (k % cols) * TILE, y0 + (k // cols) * (TILE + TEXT_H)
             with Image.open(io.BytesIO(s["image"])) as im:
                 if im.mode in ("I;16", "I", "I;16B"):
                     im = im.point(lambda v: v / 256).convert("L")
-                im = im.convert("RGB")
-                im.thumbnail((TILE - 8, TILE - 8))
-                sheet.paste(im, (x0 + (TILE - im.width) // 2, y0 + (TILE - im.height) // 2))
+                im = ImageOps.contain(im.convert("RGB"), (TILE - 8, TILE - 8), Image.Resampling.LANCZOS)
+                sheet.paste(im, (x0 + (TILE - im.width) // 2, y + (TILE - im.height) // 2))
             caption = s["captions"][0] if s["captions"] else ""
-            for k, line in enumerate(textwrap.wrap(caption, 30)[:4]):
-                draw.text((x0 + 4, y0 + TILE + k * 13), line, fill="black", font=font)
+            for j, line in enumerate(textwrap.wrap(caption, 30)[:4]):
+                draw.text((x0 + 4, y + TILE + j * 14), line, fill="black", font=font)
+        y0 += lines[modality] * (TILE + TEXT_H)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     sheet.save(path)
     return path
 
 
+def pictures_dir(folder: str) -> str:
+    """Where ``inspect`` writes its pictures by default: beside the dataset folder, never inside it
+    (a picture inside would be converted again if the dataset lay under an input folder)."""
+    return os.path.abspath(folder).rstrip(os.sep) + ".inspect"
+
+
 def balance_chart(groups: dict[str, dict[str, int]], path: str, width: int = 720) -> str:
     """Draw horizontal bars of counts, one panel per grouping (modality, source), with shares; save a PNG."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
-    font = ImageFont.load_default()
+    font = _font()
     row, label_w, pad = 18, 170, 10
     rows = sum(len(v) + 2 for v in groups.values())
     img = Image.new("RGB", (width, pad * 2 + rows * row), "white")
@@ -99,7 +122,7 @@ def inspect(folder: str, sheet: str | None = None, per_modality: int = 6, seed: 
                 j = rng.randrange(seen[m])
                 if j < per_modality:
                     picks[m][j] = s
-    path = sheet or os.path.join(folder, "contact_sheet.png")
+    path = sheet or os.path.join(pictures_dir(folder), "contact_sheet.png")
     contact_sheet(dict(picks), path)
     chart = balance_chart({"modality": dict(modality), "source": dict(source)},
                           os.path.join(os.path.dirname(os.path.abspath(path)), "balance.png"))
