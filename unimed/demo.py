@@ -70,7 +70,9 @@ def _train_and_evaluate(root: Path, workers: int) -> dict:
     from unimed.train.trainer import train
 
     print("== demo sets: real images of six modalities, held-out files and regions for evaluation", flush=True)
-    sets = build_demo_sets(root / "data", workers=workers)
+    # Into ``root`` itself: demo-out/train-shards is where train/yamls/demo-cpu.yaml (and the README's next
+    # command, `composer train/run.py train/yamls/demo-cpu.yaml`) look for the demo's training shards.
+    sets = build_demo_sets(root, workers=workers)
     cfg = load_config(str(_demo_config_path()), [
         f"data.shards=[{sets['train']}]", f"data.tokenizer={sets['tokenizer']}",
         f"loss_log={root / 'train' / 'loss.jsonl'}", f"save_folder={root / 'train' / 'checkpoints'}",
