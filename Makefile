@@ -20,8 +20,12 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
-bench: install
-	$(PY) benchmarks/ingest.py --json benchmarks/out/ingest.json
+BENCHES := ingest loader loss train leakage scrub
+
+bench: install  # every stage's benchmark, full sizes; `make bench QUICK=--quick` for the minute-long sizes
+	@set -e; for b in $(BENCHES); do \
+	  if [ -f benchmarks/$$b.py ]; then $(PY) benchmarks/$$b.py $(QUICK) --json benchmarks/out/$$b.json; fi; \
+	done
 
 lint: install
 	$(VENV)/bin/ruff check unimed tests benchmarks train
