@@ -194,16 +194,16 @@ class ManifestSource(Source):
 
     def iter_items(self, task: Task, opts: Options) -> Iterator[Item]:
         ex = task.extra
-        where = f"listed in {ex['manifest']} row {ex['rows'][0]}"
+        where = f"manifest row {ex['rows'][0]}"  # the manifest's name is a path: it stays in the report
         path = Path(task.paths[0])
         if not path.is_file():
             raise RejectError(f"image file not found ({where})")
         modality = ex.get("modality")
         if modality and modality not in MODALITIES:
             raise RejectError(f"modality {modality} is not one of {', '.join(MODALITIES)} ({where})")
-        texts = [c for t in ex["captions"] if (c := reports.clean_text(t))]
+        texts = [c for t in ex["captions"] if (c := reports.clean_text(t, mode=opts.text))]
         for rep in ex["reports"]:
-            texts += reports.report_captions(rep)
+            texts += reports.report_captions(rep, mode=opts.text)
         texts = list(dict.fromkeys(texts))
         if not texts and not ex.get("labels"):
             raise RejectError(f"no caption left after cleaning ({where})")
