@@ -100,3 +100,10 @@ def test_distances_match_a_brute_force_count():
     want = {(i, j, bin(int(a.phash[i]) ^ int(b.phash[j])).count("1")) for i in range(300) for j in range(200)
             if bin(int(a.phash[i]) ^ int(b.phash[j])).count("1") <= 3}
     assert got == want and len(want) >= 200
+
+
+def test_a_folder_without_shards_is_one_user_error(tmp_path):
+    from unimed.errors import UserError
+
+    with pytest.raises(UserError, match="No MDS index.json"):
+        leakage(str(tmp_path), [str(tmp_path)])

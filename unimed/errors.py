@@ -8,8 +8,12 @@ import re
 __all__ = ["UserError", "RejectError", "safe_reason", "clean_message", "shown_path"]
 
 
-class UserError(Exception):
-    """A mistake the user can fix (a bad flag, a missing folder); the CLI prints it in one line."""
+class UserError(ValueError):
+    """A mistake the user can fix (a bad flag, a missing folder); the CLI prints it in one line.
+
+    A ``ValueError``, as mosaicml-streaming's style has bad input be, so library callers that catch
+    ``ValueError`` keep working; every CLI catches ``UserError``.
+    """
 
 
 class RejectError(Exception):

@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,18 +77,14 @@ def fingerprint(image: bytes) -> tuple[str, int]:
 def _prints(folder: str, name: str, keep_images: bool) -> Prints:
     from unimed.streaming.shards import iter_samples
 
-    try:
-        samples: Iterable[dict[str, Any]] = iter_samples(folder)
-        out = Prints(name)
-        hashes: list[int] = []
-        for s in samples:
-            exact, ph = fingerprint(s["image"])
-            out.exact.append(exact)
-            hashes.append(ph)
-            out.uids.append(s["uid"])
-            out.thumbs.append(s["image"] if keep_images else b"")
-    except ValueError as exc:  # no index under the folder
-        raise UserError(f"{folder}: {exc}") from None
+    out = Prints(name)
+    hashes: list[int] = []
+    for s in iter_samples(folder):  # a folder without an index is a UserError there
+        exact, ph = fingerprint(s["image"])
+        out.exact.append(exact)
+        hashes.append(ph)
+        out.uids.append(s["uid"])
+        out.thumbs.append(s["image"] if keep_images else b"")
     out.phash = np.array(hashes, dtype=np.uint64)
     return out
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from unimed.errors import UserError
+
 __all__ = ["MixEntry", "REMOTE_SCHEMES", "load_mix", "parse_mix", "to_streams"]
 
 REMOTE_SCHEMES: tuple[str, ...] = ("s3://", "gs://", "oci://", "azure://", "hf://")
@@ -55,24 +57,24 @@ def parse_mix(doc: Any, root: str = ".", where: str = "mix") -> tuple[list[MixEn
     if isinstance(doc, dict):
         unknown = set(doc) - {"streams", "cache_dir"}
         if unknown:
-            raise ValueError(f"{where}: unknown keys {sorted(unknown)}; expected 'streams' and 'cache_dir'")
+            raise UserError(f"{where}: unknown keys {sorted(unknown)}; expected 'streams' and 'cache_dir'")
         cache_dir = doc.get("cache_dir")
         doc = doc.get("streams")
     if not isinstance(doc, list) or not doc:
-        raise ValueError(f"{where}: expected a non-empty list of streams (path + proportion/repeat/choose)")
+        raise UserError(f"{where}: expected a non-empty list of streams (path + proportion/repeat/choose)")
     entries = []
     for i, raw in enumerate(doc):
         if isinstance(raw, str):
             raw = {"path": raw}
         if not isinstance(raw, dict) or "path" not in raw:
-            raise ValueError(f"{where}: stream {i} must be a mapping with a 'path'")
+            raise UserError(f"{where}: stream {i} must be a mapping with a 'path'")
         unknown = set(raw) - _KEYS
         if unknown:
-            raise ValueError(
+            raise UserError(
                 f"{where}: stream {i} has unknown keys {sorted(unknown)}; allowed: {sorted(_KEYS)}"
             )
         if sum(raw.get(k) is not None for k in _WEIGHTS) > 1:
-            raise ValueError(f"{where}: stream {i} gives more than one of {_WEIGHTS}")
+            raise UserError(f"{where}: stream {i} gives more than one of {_WEIGHTS}")
         path = str(raw["path"])
         if not path.startswith(REMOTE_SCHEMES):
             path = os.path.normpath(os.path.join(root, os.path.expanduser(path)))
@@ -88,7 +90,7 @@ def parse_mix(doc: Any, root: str = ".", where: str = "mix") -> tuple[list[MixEn
         )
     kinds = {k for e in entries for k in _WEIGHTS if getattr(e, k) is not None}
     if "proportion" in kinds and (kinds - {"proportion"} or any(e.proportion is None for e in entries)):
-        raise ValueError(
+        raise UserError(
             f"{where}: when one stream has a proportion, every stream needs one (and no repeat/choose)"
         )
     return entries, cache_dir
@@ -97,7 +99,7 @@ def parse_mix(doc: Any, root: str = ".", where: str = "mix") -> tuple[list[MixEn
 def load_mix(path: str) -> tuple[list[MixEntry], str | None]:
     """Read a mix YAML file; relative shard paths resolve against the file's folder."""
     if not os.path.isfile(path):
-        raise ValueError(f"Mix file {path!r} does not exist")
+        raise UserError(f"Mix file {path!r} does not exist")
     with open(path) as fh:
         doc = yaml.safe_load(fh)
     return parse_mix(doc, root=os.path.dirname(os.path.abspath(path)), where=path)
@@ -120,13 +122,13 @@ def to_streams(entries: list[MixEntry], cache_dir: str | None = None) -> list:  
         if entry.is_remote:
             local = entry.local or (cache_dir and _cache_folder(cache_dir, entry.path))
             if not local:
-                raise ValueError(
+                raise UserError(
                     f"Remote stream {entry.path!r} needs a local cache: set cache_dir in the mix or config"
                 )
             streams.append(Stream(remote=entry.path, local=local, **weights))
         else:
             if not os.path.isfile(os.path.join(entry.path, "index.json")):
-                raise ValueError(
+                raise UserError(
                     f"Stream folder {entry.path!r} has no index.json: is it an MDS shard folder?"
                 )
             streams.append(Stream(local=entry.path, **weights))

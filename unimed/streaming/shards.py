@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from unimed.errors import UserError
+
 __all__ = ["find_mds_dirs", "iter_samples"]
 
 
@@ -31,7 +33,7 @@ def find_mds_dirs(root: str) -> list[str]:
             dirnames[:] = []  # do not descend into a folder an index covers
         dirnames.sort()
     if not found:
-        raise ValueError(f"No MDS index.json under {root!r}: point at a folder written by `ingest convert`.")
+        raise UserError(f"No MDS index.json under {root!r}: point at a folder written by `ingest convert`.")
     return sorted(found)
 
 
@@ -44,7 +46,7 @@ def _shard_bytes(dirname: str, info: dict[str, Any]) -> bytes:
             return fh.read()
     zip_data = info.get("zip_data")
     if not zip_data:
-        raise ValueError(f"Shard {raw_path!r} is missing")
+        raise UserError(f"Shard {raw_path!r} is missing")
     with open(os.path.join(dirname, zip_data["basename"]), "rb") as fh:
         return decompress(info["compression"], fh.read())
 
