@@ -107,3 +107,14 @@ def test_a_folder_without_shards_is_one_user_error(tmp_path):
 
     with pytest.raises(UserError, match="No MDS index.json"):
         leakage(str(tmp_path), [str(tmp_path)])
+
+
+def test_the_leakage_command(planted, capsys):
+    from unimed import cli
+
+    root, n_planted, _ = planted
+    assert cli.main(["leakage", str(root / "train"), str(root / "eval"), "--json", str(root / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert f"| eval | {n_planted + 5} |" in out
+    assert cli.main(["leakage", str(root / "train"), str(root / "missing")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1

@@ -2,9 +2,10 @@
 
 A checkpoint is one of: a Composer ``.pt`` file (``state.model`` holds ``model.*`` keys), a sharded
 checkpoint folder (``.metadata`` + ``*.distcp``, its ``state.model`` tensors read in memory through
-``torch.distributed.checkpoint``), or the plain state dict ``export_path`` writes. The model is
-rebuilt from the ``config.yaml`` saved beside the checkpoints (searched in the checkpoint's folder
-and its parents) unless a config is given.
+``torch.distributed.checkpoint``), or the plain state dict ``export_path`` writes. A checkpoint with
+a bundle (``state.callbacks.UnimedBundle``, see :mod:`unimed.train.bundle`) rebuilds itself; otherwise
+the model comes from the ``config.yaml`` saved beside the checkpoints (searched in the checkpoint's
+folder and its parents) or a given config; :mod:`unimed.train.loading` decides.
 
 Nothing is unpickled beyond what a checkpoint needs: files load with ``torch.load(weights_only=True)``
 and an allow-list of the few Python types Composer 0.32.1 saves beside tensors; a sharded folder's
@@ -29,7 +30,7 @@ import torch
 from unimed.errors import UserError
 
 __all__ = ["find_config", "safe_load", "validate_checkpoint", "composer_load_guard", "read_model_state",
-           "load_trained", "tokenizer_for"]
+           "read_checkpoint", "load_trained", "tokenizer_for", "check_tokenizer_matches"]
 
 #: Composer extracts these with ``tarfile.extractall`` (no path filter) before anything can be checked.
 _TAR_SUFFIXES = (".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.lzma")
@@ -216,11 +217,11 @@ def composer_load_guard(load_path: str | None, save_folder: str | None = None) -
         yield
 
 
-def _read_sharded(folder: str) -> dict:
-    """The ``state.model`` entries of a sharded (DCP) checkpoint, as a nested dict, read in memory.
+def _read_sharded(folder: str, keys: tuple[str, ...] = ("state.model",)) -> dict:
+    """The ``keys`` entries (default ``state.model``) of a sharded (DCP) checkpoint, nested, read in memory.
 
-    Only the model's tensors are read, not the optimizer state; ``.metadata`` goes through the
-    restricted unpickler and any non-tensor item through a forced ``weights_only`` load.
+    Only those are read, not the optimizer state; ``.metadata`` goes through the restricted unpickler
+    and any non-tensor item through a forced ``weights_only`` load.
     """
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
@@ -242,20 +243,25 @@ def _read_sharded(folder: str) -> dict:
 
     state: dict = {}
     with _refusals_named(folder):
-        _load_state_dict(state, storage_reader=Reader(folder), planner=Planner(keys={"state.model"}), no_dist=True)
+        _load_state_dict(state, storage_reader=Reader(folder), planner=Planner(keys=set(keys)), no_dist=True)
     return state
 
 
-def read_model_state(checkpoint: str) -> dict[str, torch.Tensor]:
-    """The ``CLIPModel`` state dict (keys without the Composer ``model.`` prefix) of any checkpoint kind."""
-    if os.path.isdir(checkpoint):
+def read_checkpoint(checkpoint: str, raw: Any = None) -> tuple[dict[str, torch.Tensor], Any]:
+    """(the ``CLIPModel`` state dict, keys without Composer's ``model.``; the loaded checkpoint dict, whose
+    ``state.callbacks`` may hold a bundle). ``raw``: the file already loaded by :func:`safe_load`."""
+    if raw is None and os.path.isdir(checkpoint):
         if not (Path(checkpoint) / ".metadata").is_file():
             raise UserError(f"{checkpoint} is a folder without .metadata: not a sharded checkpoint")
-        state = _read_sharded(checkpoint)
-    elif os.path.isfile(checkpoint):
-        state = safe_load(checkpoint)
-    else:
+        try:
+            raw = _read_sharded(checkpoint, ("state.model", "state.callbacks"))
+        except (KeyError, ValueError):  # a checkpoint saved without callback state
+            raw = _read_sharded(checkpoint)
+    elif raw is None and os.path.isfile(checkpoint):
+        raw = safe_load(checkpoint)
+    elif raw is None:
         raise UserError(f"checkpoint {checkpoint!r} does not exist")
+    state = raw
     if isinstance(state, dict) and "state" in state and isinstance(state["state"], dict):
         state = state["state"].get("model", state["state"])
     out = {}
@@ -264,32 +270,72 @@ def read_model_state(checkpoint: str) -> dict[str, torch.Tensor]:
             out[k.removeprefix("model.")] = v
     if not out:
         raise UserError(f"{checkpoint}: no model weights found")
-    return out
+    return out, raw
+
+
+def read_model_state(checkpoint: str) -> dict[str, torch.Tensor]:
+    """The ``CLIPModel`` state dict (keys without the Composer ``model.`` prefix) of any checkpoint kind."""
+    return read_checkpoint(checkpoint)[0]
 
 
 def tokenizer_for(cfg):  # (TrainConfig) -> CaptionTokenizer
-    """The caption tokenizer a config trains with: ``data.tokenizer``, else the text tower's folder."""
+    """The caption tokenizer a config trains with: ``data.tokenizer``, else the text tower's folder.
+
+    With both set, the tokenizer must be the pretrained text tower's own (:func:`check_tokenizer_matches`).
+    """
     from unimed.streaming.tokenizer import CaptionTokenizer
 
     path = cfg.data.tokenizer or cfg.model.text.pretrained
     if not path:
         raise UserError("no tokenizer: set data.tokenizer (a folder from `ingest tokenizer`) or model.text.pretrained")
-    return CaptionTokenizer(path, cfg.model.text.context_length)
+    tokenizer = CaptionTokenizer(path, cfg.model.text.context_length)
+    if cfg.data.tokenizer and cfg.model.text.pretrained:
+        check_tokenizer_matches(tokenizer, cfg.model.text.pretrained)
+    return tokenizer
+
+
+def check_tokenizer_matches(tokenizer, text_folder: str) -> None:
+    """Refuse a tokenizer whose vocabulary is not the pretrained text tower's: ids would index the wrong rows."""
+    import json
+
+    folder = Path(text_folder)
+    config = folder / "config.json"
+    rows = json.loads(config.read_text()).get("vocab_size") if config.is_file() else None
+    if rows is not None and int(rows) < tokenizer.vocab_size:
+        raise UserError(f"{tokenizer.path}: {tokenizer.vocab_size} tokens, but the text tower {text_folder} embeds "
+                        f"{rows}: use the text tower's own tokenizer (data.tokenizer={text_folder} or unset)")
+    if not any((folder / n).is_file() for n in ("vocab.txt", "tokenizer.json")):
+        return
+    from unimed.streaming.tokenizer import load_tokenizer
+
+    theirs, ours = load_tokenizer(str(folder)).get_vocab(), tokenizer.tokenizer.get_vocab()
+    differ = sum(theirs.get(tok) != i for tok, i in ours.items())
+    if differ:
+        raise UserError(f"{tokenizer.path}: its vocabulary differs from the text tower's {text_folder} for "
+                        f"{differ} of {len(ours)} tokens: the pretrained embeddings would be read with the wrong ids; "
+                        f"use the text tower's own tokenizer (data.tokenizer={text_folder} or unset)")
 
 
 def load_trained(checkpoint: str | None, config: str | None = None, cfg=None):
-    """(CLIPModel in eval mode, TrainConfig, CaptionTokenizer); ``checkpoint`` None keeps the random init."""
-    from unimed.train.config import load_config
+    """(CLIPModel in eval mode, TrainConfig or None, CaptionTokenizer); ``checkpoint`` None keeps the random
+    init of ``cfg``. A self-contained checkpoint needs no config (see :mod:`unimed.train.loading`)."""
     from unimed.train.weights import build_model
 
-    if cfg is None:
-        cfg = load_config(config or find_config(checkpoint))
+    if checkpoint:
+        from unimed.train.loading import load_any
+
+        if cfg is not None:
+            import tempfile
+
+            from unimed.train.config import save_config
+
+            with tempfile.TemporaryDirectory() as tmp:
+                save_config(cfg, os.path.join(tmp, "config.yaml"))
+                loaded = load_any(checkpoint, os.path.join(tmp, "config.yaml"))
+        else:
+            loaded = load_any(checkpoint, config)
+        return loaded.model, loaded.config, loaded.tokenizer
     tokenizer = tokenizer_for(cfg)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, tokenizer.vocab_size, tokenizer.pad_id)
-    if checkpoint:
-        state = read_model_state(checkpoint)
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys:
-            raise UserError(f"{checkpoint}: weights missing for {result.missing_keys[:5]} (a different model config?)")
     return model.eval(), cfg, tokenizer

@@ -3,9 +3,13 @@
 The image tower takes the ``visual.*`` tensors of an open_clip or MetaCLIP checkpoint file (a plain
 state dict, or one under ``state_dict``/``model``, ``module.`` prefixes removed); positional
 embeddings are resized when the checkpoint's grid differs (a 224 checkpoint into a 336 tower); a
-``.pt``/``.bin`` file is unpickled only through ``safe_load`` (``weights_only``, a refusal names it). The
+``.pt``/``.bin`` file is unpickled only through ``safe_load`` (``weights_only``, a refusal names it). An
+open_clip model folder (``open_clip_config.json`` + weights) is accepted too; where the source declares
+its activation (``quick_gelu`` in an ``open_clip_config.json`` beside or inside), a tower configured
+with the other one is refused: GELU weights run through QuickGELU (or back) give other features. The
 text tower takes a Hugging Face folder (BiomedBERT) through ``BertModel.from_pretrained`` with
-``local_files_only``. Each load logs the missing and unexpected keys, so a wrong file is obvious.
+``local_files_only``, refused when its vocabulary is smaller than the tokenizer's. Each load logs the
+missing and unexpected keys, so a wrong file is obvious.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch.nn.functional as F
 from unimed.errors import UserError
 from unimed.train.checkpoint import safe_load
 
-__all__ = ["LoadReport", "load_vision_weights", "load_text_weights", "build_model"]
+__all__ = ["LoadReport", "load_vision_weights", "load_text_weights", "build_model", "declared_quick_gelu"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +48,33 @@ class LoadReport:
         )
 
 
+def _weights_in(path: str) -> str:
+    """A weight file: ``path`` itself, or the one an open_clip model folder holds."""
+    if os.path.isdir(path):
+        from unimed.train.loading import OPEN_CLIP_WEIGHTS
+
+        for name in OPEN_CLIP_WEIGHTS:
+            if os.path.isfile(os.path.join(path, name)):
+                return os.path.join(path, name)
+        raise UserError(f"{path}: a folder without open_clip weights ({', '.join(OPEN_CLIP_WEIGHTS[:3])})")
+    return path
+
+
+def declared_quick_gelu(path: str) -> bool | None:
+    """The activation an ``open_clip_config.json`` beside (or inside) ``path`` declares, else None."""
+    import json
+
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    config = os.path.join(folder, "open_clip_config.json")
+    if not os.path.isfile(config):
+        return None
+    with open(config) as fh:
+        doc = json.load(fh)
+    return bool(doc.get("model_cfg", doc).get("quick_gelu", False))
+
+
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    path = _weights_in(path)
     if not os.path.isfile(path):
         raise UserError(f"image tower checkpoint {path!r} does not exist: give a local open_clip/MetaCLIP file")
     if path.endswith(".safetensors"):
@@ -69,6 +99,12 @@ def _resize_positions(pos: torch.Tensor, tokens: int) -> torch.Tensor:
 
 def load_vision_weights(visual: torch.nn.Module, path: str) -> LoadReport:
     """Load an open_clip/MetaCLIP checkpoint's ``visual.*`` tensors into ``visual``."""
+    declared = declared_quick_gelu(path)
+    tower = getattr(getattr(visual, "cfg", None), "quick_gelu", None)
+    if declared is not None and tower is not None and declared != tower:
+        said, ours = ("QuickGELU", "GELU") if declared else ("GELU", "QuickGELU")
+        raise UserError(f"{path}: trained with {said} (its open_clip_config.json), but the image tower uses {ours}: "
+                        f"set model.vision.quick_gelu={str(declared).lower()}")
     state = _read_state_dict(path)
     prefix = "visual." if any(k.startswith("visual.") for k in state) else ""
     vis = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -102,6 +138,12 @@ def load_text_weights(tower: torch.nn.Module, folder: str) -> LoadReport:
         raise UserError(
             f"{folder}: hidden size {bert.config.hidden_size} differs from model.text.hidden_size "
             f"{tower.bert.config.hidden_size}"
+        )
+    if bert.config.vocab_size < tower.bert.config.vocab_size:
+        raise UserError(
+            f"{folder}: its embeddings hold {bert.config.vocab_size} tokens, the tokenizer has "
+            f"{tower.bert.config.vocab_size}: train with the text tower's own tokenizer (data.tokenizer unset or "
+            f"= {folder})"
         )
     tower.bert = bert
     report = LoadReport(folder, len(bert.state_dict()) - len(info["missing_keys"]),
