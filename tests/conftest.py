@@ -1,11 +1,30 @@
-"""Fixtures for the whole suite."""
+"""Fixtures for the whole suite.
+
+The Triton kernels are defined here first, under Triton's interpreter when there is no GPU: Triton reads
+``TRITON_INTERPRET`` when a ``@triton.jit`` function is defined, and a test module that imports composer
+(which imports ``triton.language``) may be collected before ``tests/kernels``. The variable is restored
+at once, so the rest of the suite sees the environment it was started with.
+"""
 
 from __future__ import annotations
 
 import gc
 import os
+import sys
 
 import pytest
+import torch
+
+if not torch.cuda.is_available() and "unimed.kernels.contrastive" not in sys.modules:
+    _before = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import unimed.kernels.contrastive  # noqa: F401  (defines the kernels for the interpreter)
+    finally:
+        if _before is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = _before
 
 _SHM = "/dev/shm"
 

@@ -97,3 +97,25 @@ def test_gpu_matches_cpu():
     cpu = _run(build_pipeline(aug, batch_size=3, device="cpu"), images, [0, 0, 0])
     gpu = _run(build_pipeline(aug, batch_size=3, device="gpu", device_id=0), images, [0, 0, 0])
     assert np.abs(cpu - gpu).mean() < 0.02 and np.abs(cpu - gpu).max() < 0.5  # JPEG IDCTs differ slightly
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_resize_is_bicubic_like_the_reference(train):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    png = np.frombuffer(buf.getvalue(), np.uint8)
+    aug = AugmentConfig(image_size=96, train=train, scale=(1.0, 1.0), ratio=(4 / 3, 4 / 3), decode_dtype="float",
+                        **PLAIN)
+    out = _run(build_pipeline(aug, batch_size=1, device="cpu"), [png], [0])[0].transpose(1, 2, 0)
+    img = Image.fromarray(arr)
+    if not train:  # shorter side to 96, then the central 96 x 96
+        img = img.resize((128, 96), Image.Resampling.BICUBIC).crop((16, 0, 112, 96))
+        lin = Image.fromarray(arr).resize((128, 96), Image.Resampling.BILINEAR).crop((16, 0, 112, 96))
+    else:
+        lin = img.resize((96, 96), Image.Resampling.BILINEAR)
+        img = img.resize((96, 96), Image.Resampling.BICUBIC)
+    cubic_err = np.abs(out - np.asarray(img) / 255.0).mean()
+    linear_err = np.abs(out - np.asarray(lin) / 255.0).mean()
+    assert cubic_err < 0.2 * linear_err, (cubic_err, linear_err)

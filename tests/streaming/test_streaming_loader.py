@@ -46,7 +46,9 @@ def _check_batch(batch: dict, cfg: LoaderConfig) -> None:
         batch["image"].shape == (b, 3, cfg.image_size, cfg.image_size)
         and batch["image"].dtype == torch.float32
     )
-    assert batch["tokens"].shape == (b, cfg.context_length) and batch["modality"].shape == (b,)
+    width = batch["tokens"].shape[1]  # padded to the batch's longest caption (see test_streaming_padding.py)
+    assert batch["tokens"].shape == (b, width) and batch["modality"].shape == (b,)
+    assert width == cfg.context_length or (width % cfg.pad_multiple == 0 and width < cfg.context_length)
     assert batch["image"].abs().max() <= 1.0 + 1e-5  # normalized with mean = std = 0.5
     grey = (batch["image"][:, 0] == batch["image"][:, 1]).flatten(1).all(1)
     for i, uid in enumerate(batch["uid"]):

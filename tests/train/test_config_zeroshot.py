@@ -20,7 +20,7 @@ def test_the_bundled_configs_load(name):
     assert cfg.model.text.context_length == cfg.data.context_length
     if name == "vitb16-unimed":
         assert (cfg.optimizer.lr, cfg.optimizer.betas, cfg.optimizer.eps) == (5e-4, [0.9, 0.98], 1e-6)
-        assert cfg.optimizer.weight_decay == 0.2 and cfg.scheduler.warmup == "2000ba" and cfg.data.batch_size == 128
+        assert cfg.optimizer.weight_decay == 0.2 and cfg.scheduler.warmup == "2000ba" and cfg.global_batch_size == 2048
     if name == "vitl14-unimed":
         assert cfg.optimizer.lr == 4e-4 and cfg.model.vision.image_size == 336 and cfg.model.vision.patch_size == 14
 

@@ -33,7 +33,9 @@ def test_forward_shapes_scale_and_grad():
     assert math.isclose(float(scale), 1 / 0.07, rel_tol=1e-5)
     with torch.no_grad():
         model.logit_scale.fill_(math.log(1000.0))
-    assert float(model.scale()) == 100.0  # clamped
+    assert float(model.scale()) == pytest.approx(1000.0)  # no clamp in forward: the step clamps the parameter
+    model.clamp_logit_scale_()
+    assert float(model.scale()) == pytest.approx(100.0) and float(model.logit_scale) == pytest.approx(math.log(100))
     only_img, none_txt, _ = model(torch.randn(2, 3, 32, 32))
     assert only_img.shape == (2, 16) and none_txt is None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from composer.core import Callback
@@ -41,7 +42,7 @@ def _cfg(demo_sets, folder, **extra):
 
 
 @pytest.mark.slow
-def test_crash_and_autoresume_equal_an_uninterrupted_run(demo_sets, tmp_path):
+def test_crash_and_autoresume_equal_an_uninterrupted_run(demo_sets, tmp_path, caplog):
     ref = _cfg(demo_sets, tmp_path / "ref")
     train(ref)
     expected = _losses(tmp_path / "ref" / "loss.jsonl")
@@ -53,7 +54,11 @@ def test_crash_and_autoresume_equal_an_uninterrupted_run(demo_sets, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(cfg, extra_callbacks=[_Crash(5)])
     assert (tmp_path / "run" / "ckpt" / "ep0-ba3-rank0.pt").is_file()
-    train(cfg)  # the same command again: continues after batch 3 (the last checkpoint) with the loader where it was
+    with caplog.at_level(logging.WARNING, logger="unimed.train.trainer"):
+        train(cfg)  # the same command again: continues after batch 3 (the last checkpoint) with the loader where it was
+    resumed = [r.getMessage() for r in caplog.records if "resumed from" in r.getMessage()]
+    assert resumed == [f"unimed.train: resumed from {tmp_path / 'run' / 'ckpt' / 'ep0-ba3-rank0.pt'} at batch 3, "
+                       "sample 24 (epoch 0)"]
     got = _losses(tmp_path / "run" / "loss.jsonl")
     assert sorted(got) == [1, 2, 3, 4, 5, 6]
     for step in range(1, 7):

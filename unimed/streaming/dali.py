@@ -124,11 +124,11 @@ def build_pipeline(
                 normalized_shape=True,
                 axis_names="WH",
             )
-            images = fn.resize(images, size=[size, size], antialias=True)
+            images = fn.resize(images, size=[size, size], antialias=True, interp_type=types.INTERP_CUBIC)
             extra = {"mirror": fn.cast(flip, dtype=types.INT32)}
         else:  # flip and crop are fed (the proxy's inputs are fixed) but unused
             images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB, dtype=dtype)
-            images = fn.resize(images, resize_shorter=size, antialias=True)
+            images = fn.resize(images, resize_shorter=size, antialias=True, interp_type=types.INTERP_CUBIC)
             extra = {"crop": (size, size), "mirror": fn.cast(flip, dtype=types.INT32) * 0 + fn.cast(crop[0] * 0, dtype=types.INT32)}
         return fn.crop_mirror_normalize(
             images, dtype=types.FLOAT, output_layout="CHW", mean=mean, std=std, **extra

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -23,7 +24,7 @@ from unimed.schema import MODALITIES
 from unimed.streaming.imagecheck import check_image, placeholder_image
 from unimed.streaming.tokenizer import CaptionTokenizer
 
-__all__ = ["UnimedDataset", "choose_caption", "choose_crop"]
+__all__ = ["UnimedDataset", "choose_caption", "choose_crop", "image_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,22 +46,85 @@ def choose_caption(num_captions: int, seed: int, epoch: int, sample_id: int) -> 
 
 def _uniform(seed: int, epoch: int, sample_id: int, k: int) -> float:
     """A uniform [0, 1) draw, a pure function of (seed, epoch, sample id, k)."""
-    h = _splitmix64(_splitmix64(_splitmix64(_splitmix64(int(seed)) ^ int(epoch)) ^ int(sample_id)) ^ (k + 1))
-    return (h >> 11) / float(1 << 53)
+    return _draw(_sample_key(seed, epoch, sample_id), k)
+
+
+def _sample_key(seed: int, epoch: int, sample_id: int) -> int:
+    return _splitmix64(_splitmix64(_splitmix64(int(seed)) ^ int(epoch)) ^ int(sample_id))
+
+
+def _draw(key: int, k: int) -> float:
+    return (_splitmix64(key ^ (k + 1)) >> 11) / float(1 << 53)
+
+
+_CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 windows before its central fallback
+_DRAW_X, _DRAW_Y, _DRAW_FLIP = 2 * _CROP_ATTEMPTS, 2 * _CROP_ATTEMPTS + 1, 2 * _CROP_ATTEMPTS + 2
 
 
 def choose_crop(seed: int, epoch: int, sample_id: int, scale: tuple[float, float], ratio: tuple[float, float],
-                flip_allowed: bool) -> tuple[np.ndarray, int]:
+                flip_allowed: bool, size: tuple[int, int] = (1, 1)) -> tuple[np.ndarray, int]:
     """The random-resized-crop window (x, y, w, h, relative to the image) and the mirror bit of one
     sample, as a pure function of (seed, epoch, sample id): a resumed run crops exactly as an
-    uninterrupted one, which a pipeline RNG (not part of a checkpoint) could not promise."""
-    u = [_uniform(seed, epoch, sample_id, k) for k in range(5)]
-    area = scale[0] + (scale[1] - scale[0]) * u[0]
-    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[1]
-    w = min(1.0, math.sqrt(area * math.exp(log_r)))
-    h = min(1.0, math.sqrt(area / math.exp(log_r)))
-    crop = np.array([(1.0 - w) * u[2], (1.0 - h) * u[3], w, h], dtype=np.float32)
-    return crop, int(flip_allowed and u[4] < 0.5)
+    uninterrupted one, which a pipeline RNG (not part of a checkpoint) could not promise.
+
+    The window follows torchvision's ``RandomResizedCrop`` over the image's pixels (``size`` = width,
+    height): an area fraction drawn from ``scale`` and a log-uniform aspect ratio (width / height, in
+    pixels) from ``ratio``; a window that does not fit is drawn again, up to 10 times, then the
+    largest central window of an allowed ratio is taken (the whole image when its own ratio is
+    allowed). So every window covers at least ``scale[0]`` of the image, whatever its shape; drawing
+    in relative units and clipping, as before, put 44% of the windows of a 4:3 image below 0.9.
+    Offsets and sizes stay continuous (the decoder's slice rounds them).
+    """
+    width, height = float(size[0]), float(size[1])
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {size}")
+    key = _sample_key(seed, epoch, sample_id)
+    area, lo, hi = width * height, math.log(ratio[0]), math.log(ratio[1])
+    for attempt in range(_CROP_ATTEMPTS):
+        target = area * (scale[0] + (scale[1] - scale[0]) * _draw(key, 2 * attempt))
+        aspect = math.exp(lo + (hi - lo) * _draw(key, 2 * attempt + 1))
+        w, h = math.sqrt(target * aspect), math.sqrt(target / aspect)
+        if 0 < w <= width and 0 < h <= height:
+            x, y = (width - w) * _draw(key, _DRAW_X), (height - h) * _draw(key, _DRAW_Y)
+            break
+    else:  # torchvision's fallback: a central window, of the nearest allowed ratio
+        own = width / height
+        if own < min(ratio):
+            w, h = width, width / min(ratio)
+        elif own > max(ratio):
+            w, h = height * max(ratio), height
+        else:
+            w, h = width, height
+        x, y = (width - w) / 2, (height - h) / 2
+    crop = np.array([x / width, y / height, min(1.0, w / width), min(1.0, h / height)], dtype=np.float32)
+    return crop, int(flip_allowed and _draw(key, _DRAW_FLIP) < 0.5)
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of an encoded JPEG (its frame header) or PNG (its IHDR), without decoding; None
+    when no header is found. Only called on images ``check_image`` passed."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        width, height = struct.unpack_from(">II", data, 16)
+        return int(width), int(height)
+    pos, end = 2, len(data)
+    while data[:2] == b"\xff\xd8" and pos + 4 <= end:
+        marker = data[pos + 1]
+        if data[pos] != 0xFF:
+            return None
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and pos + 9 <= end:
+            height, width = struct.unpack_from(">HH", data, pos + 5)
+            return int(width), int(height)
+        if marker == 0xDA:
+            return None
+        pos += 2 + length
+    return None
 
 
 class UnimedDataset(StreamingDataset):
@@ -133,7 +197,7 @@ class UnimedDataset(StreamingDataset):
         flip_allowed = modality in self.flip_modalities
         if self.augment:
             crop, flip = choose_crop(self.caption_seed, self._epoch, sample_id, self.crop_scale, self.crop_ratio,
-                                     flip_allowed)
+                                     flip_allowed, image_size(image) or (1, 1))
         else:
             crop, flip = np.array([0.0, 0.0, 1.0, 1.0], dtype=np.float32), int(flip_allowed)
         out: dict[str, Any] = {

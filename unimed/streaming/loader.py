@@ -6,9 +6,10 @@ position with ``dataset.state_dict`` and resumes with ``load_state_dict``, and t
 (in the main process, one per rank, on the GPU or on CPU operators) holds no position of its own.
 
 A batch is a dict: ``image`` float32[B, 3, S, S] (on the GPU when DALI runs there), ``tokens``
-int64[B, L], ``modality`` int64[B], ``valid`` bool[B] (False for images that were broken and
-replaced; mask them out of the loss), ``error`` list[str] (why), ``flip`` uint8[B], ``uid`` list[str],
-``caption`` list[str].
+int64[B, L] (L: the batch's longest caption rounded up to a multiple of ``pad_multiple``, at most the
+context length; the context length itself with ``dynamic_padding`` off), ``modality`` int64[B],
+``valid`` bool[B] (False for images that were broken and replaced; mask them out of the loss),
+``error`` list[str] (why), ``flip`` uint8[B], ``uid`` list[str], ``caption`` list[str].
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from unimed.streaming.dali import (
 )
 from unimed.streaming.dataset import UnimedDataset
 from unimed.streaming.mixing import load_mix, parse_mix, to_streams
-from unimed.streaming.tokenizer import CaptionTokenizer
+from unimed.streaming.tokenizer import CaptionTokenizer, trim_padding
 
 __all__ = ["LoaderConfig", "UnimedDataLoader", "build_dataset", "build_loader", "num_samples_in_batch"]
 
@@ -49,6 +50,8 @@ class LoaderConfig:
     cache_dir: str | None = None  # local cache for remote (s3://, gs://) streams
     tokenizer: str | None = None  # tokenizer folder (the text tower's, or `ingest tokenizer`'s)
     context_length: int = 256
+    dynamic_padding: bool = True  # pad each batch to its longest caption, not to context_length
+    pad_multiple: int = 8  # ... rounded up to a multiple of this
     batch_size: int = 64  # per device
     num_workers: int = 4  # dataset worker processes (read, check, tokenize)
     image_size: int = 224
@@ -137,6 +140,8 @@ class _ProduceMixin:
     def _next_data(self) -> dict[str, Any]:
         self.loader.ensure_server_listening()
         batch = self.loader.dali_server.produce_data(super()._next_data())  # type: ignore[misc]
+        if self.loader.pad_multiple and "tokens" in batch:
+            batch["tokens"] = trim_padding(batch["tokens"], self.loader.pad_id, self.loader.pad_multiple)
         if not bool(batch["valid"].all()):
             self.loader.note_bad(batch)
         return batch
@@ -155,12 +160,17 @@ class UnimedDataLoader(proxy.DataLoader):
     with ``num_workers=0``; the server thread is a daemon, so an unfinished epoch cannot hang
     interpreter exit; every new iterator bumps the proxy generation (see ``DaliProxyTransform``);
     and it counts in ``bad_samples`` the placeholder images (``valid == False``) it has delivered.
+    With ``pad_multiple`` set, each batch's ``tokens`` lose the columns that are padding in every row
+    (:func:`unimed.streaming.tokenizer.trim_padding`).
     """
 
-    def __init__(self, dali_server: proxy.DALIServer, dataset: UnimedDataset, **kwargs: Any) -> None:
+    def __init__(self, dali_server: proxy.DALIServer, dataset: UnimedDataset, pad_multiple: int | None = None,
+                 **kwargs: Any) -> None:
         if not isinstance(dataset.transform, DaliProxyTransform):
             raise ValueError("UnimedDataLoader needs a dataset whose transform is a DaliProxyTransform")
         super().__init__(dali_server, dataset, **kwargs)
+        self.pad_multiple = pad_multiple
+        self.pad_id = dataset.tokenizer.pad_id if dataset.tokenizer is not None else 0
         self.bad_samples = 0
         self.bad_uids: set[str] = set()
 
@@ -226,9 +236,12 @@ def build_loader(cfg: LoaderConfig, tokenizer: CaptionTokenizer | None = None): 
     )
     server = proxy.DALIServer(pipeline)
     dataset = build_dataset(cfg, tokenizer=tokenizer, transform=DaliProxyTransform(server.proxy))
+    if cfg.dynamic_padding and cfg.pad_multiple < 1:
+        raise ValueError(f"LoaderConfig.pad_multiple must be at least 1, got {cfg.pad_multiple}")
     loader = UnimedDataLoader(
         server,
         dataset,
+        pad_multiple=cfg.pad_multiple if cfg.dynamic_padding else None,
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
         drop_last=cfg.drop_last,

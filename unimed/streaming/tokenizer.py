@@ -16,7 +16,7 @@ import numpy as np
 
 from unimed.streaming.shards import iter_samples
 
-__all__ = ["CaptionTokenizer", "iter_captions", "load_tokenizer", "train_tokenizer"]
+__all__ = ["CaptionTokenizer", "iter_captions", "load_tokenizer", "train_tokenizer", "trim_padding"]
 
 _SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -68,6 +68,28 @@ def load_tokenizer(path: str):  # -> transformers.PreTrainedTokenizerBase
             "or make one with `ingest tokenizer SHARD_DIR`."
         )
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def trim_padding(tokens, pad_id: int, multiple: int = 8):
+    """Drop the trailing columns that are padding in every row of ``tokens`` [B, L] (a torch tensor or a
+    numpy array), keeping the longest caption rounded up to a multiple of ``multiple`` and never more
+    than ``L``, the context length.
+
+    Captions are right-padded and the text tower masks padding out of attention, so the embeddings do
+    not change; what changes is the work: bank captions and report sentences mostly fit in 40 tokens,
+    against a context of 256. The multiple keeps shapes few (for ``torch.compile``) and aligned.
+    """
+    if multiple < 1:
+        raise ValueError(f"multiple must be at least 1, got {multiple}")
+    width = int(tokens.shape[-1])
+    used = (tokens != pad_id).any(0).nonzero()
+    used = used[0] if isinstance(used, tuple) else used  # numpy gives a tuple of index arrays
+    longest = int(used.max()) + 1 if len(used) else 1
+    keep = min(width, -(-longest // multiple) * multiple)
+    if keep == width:
+        return tokens
+    out = tokens[:, :keep]
+    return out.contiguous() if hasattr(out, "contiguous") else out.copy()
 
 
 class CaptionTokenizer:

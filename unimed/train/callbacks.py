@@ -1,4 +1,5 @@
-"""Training callbacks: the speed/LR/memory monitors, a per-batch loss log, and zero-shot evaluation.
+"""Training callbacks: the speed/LR/memory monitors, a per-batch loss log, zero-shot evaluation, and the
+logit-scale clamp (an algorithm, so that it runs after the optimizer step and before every callback).
 
 ``ZeroShotEval`` is the Composer-side evaluator: every ``interval`` batches and when training ends it
 runs :func:`unimed.train.evaluate.evaluate_sets` on every rank (same data everywhere, so the
@@ -12,16 +13,36 @@ import logging
 import os
 from typing import Any
 
-from composer.core import Callback, Event, State, Time, TimeUnit
+import torch
+from composer.core import Algorithm, Callback, Event, State, Time, TimeUnit
 from composer.loggers import Logger
 
-__all__ = ["LossLog", "Throughput", "ZeroShotEval", "build_callbacks"]
+__all__ = ["ClampLogitScale", "LossLog", "Throughput", "ZeroShotEval", "build_algorithms", "build_callbacks"]
 
 log = logging.getLogger(__name__)
 
 
+class ClampLogitScale(Algorithm):
+    """Clamp the logit scale in place to ``[1, max_logit_scale]`` after every optimizer step, as open_clip
+    does (``CLIPModel.clamp_logit_scale_``).
+
+    It runs at ``Event.BATCH_END``, the first event after the step, and as an algorithm it runs before
+    every callback there, so the loss log and the checkpoint see the clamped value.
+    """
+
+    def match(self, event: Event, state: State) -> bool:
+        return event == Event.BATCH_END
+
+    def apply(self, event: Event, state: State, logger: Logger) -> None:
+        state.model.model.clamp_logit_scale_()
+
+
 class LossLog(Callback):
-    """Append ``{"step", "loss", "scale", "samples"}`` per batch to a JSON-lines file (rank 0 only)."""
+    """Append ``{"step", "loss", "scale", "samples"}`` per batch to a JSON-lines file (written by rank 0).
+
+    ``loss`` is the global batch's: every rank's loss (its rows against all columns) averaged over the
+    ranks, so a run on N processes logs the curve one process would on the same global batch.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -34,10 +55,13 @@ class LossLog(Callback):
         param = state.model.model.logit_scale.detach()
         if hasattr(param, "full_tensor"):  # FSDP2: a collective, so every rank takes part
             param = param.full_tensor()
+        loss = state.loss
+        local = loss.detach().float().mean() if isinstance(loss, torch.Tensor) else torch.tensor(float("nan"))
+        total = local.reshape(1).to(param.device).clone()
+        dist.all_reduce(total, reduce_operation="SUM")  # every rank takes part here too
         if dist.get_global_rank() != 0:
             return
-        loss = state.loss
-        value = float(loss.detach().float().mean()) if hasattr(loss, "detach") else float("nan")
+        value = float(total) / dist.get_world_size()
         scale = float(param.float().exp().max())
         row = {"step": int(state.timestamp.batch.value), "loss": value, "scale": scale,
                "samples": int(state.timestamp.sample.value)}
@@ -74,8 +98,13 @@ class ZeroShotEval(Callback):
     """Zero-shot evaluation every ``interval`` batches (``0ba``: only at the end) on ``sets``."""
 
     def __init__(self, sets: list[tuple[str, str]], tokenizer: Any, image_size: int, interval: str = "0ba",
-                 batch_size: int = 64, max_samples: int | None = None, prompts: str | None = None) -> None:
+                 batch_size: int = 64, max_samples: int | None = None, prompts: str | None = None,
+                 transform: Any = None) -> None:
+        from unimed.train.evaluate import check_sets
+
+        check_sets(sets, max_samples)  # every label resolves (or a UserError) before the first batch trains
         self.sets = sets
+        self.transform = transform
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.interval = Time.from_timestring(interval)
@@ -91,10 +120,10 @@ class ZeroShotEval(Callback):
 
         step = int(state.timestamp.batch.value)
         results = evaluate_sets(state.model.model, self.tokenizer, self.sets, self.image_size,
-                                self.batch_size, self.max_samples, self.prompts)
+                                self.batch_size, self.max_samples, self.prompts, transform=self.transform)
         metrics = {}
         for name, r in results.items():
-            for key in ("top1", "auc", "f1"):
+            for key in ("top1", "balanced_top1", "auc", "f1", "mean_auc"):
                 if key in r:
                     metrics[f"zeroshot/{name}/{key}"] = r[key]
         logger.log_metrics(metrics)
@@ -111,11 +140,26 @@ class ZeroShotEval(Callback):
             self._evaluate(state, logger)
 
 
+def build_algorithms(cfg) -> list[Algorithm]:  # (TrainConfig) -> algorithms
+    """The logit-scale clamp, then gradient clipping when ``grad_clip_norm`` is set."""
+    algorithms: list[Algorithm] = [ClampLogitScale()]
+    if cfg.grad_clip_norm:
+        from composer.algorithms import GradientClipping
+
+        algorithms.append(GradientClipping(clipping_type="norm", clipping_threshold=cfg.grad_clip_norm))
+    return algorithms
+
+
 def build_callbacks(cfg, tokenizer, on_gpu: bool) -> list[Callback]:  # (TrainConfig, ...) -> callbacks
     """SpeedMonitor (images/s, MFU), LRMonitor, MemoryMonitor (GPU), the loss log and zero-shot eval."""
     from composer.callbacks import LRMonitor, MemoryMonitor, SpeedMonitor
 
-    callbacks: list[Callback] = [SpeedMonitor(window_size=cfg.speed_window), LRMonitor()]
+    from unimed.train.bundle import transform_for
+    from unimed.train.bundle_callback import UnimedBundle
+
+    # UnimedBundle: the model description, resolved config and tokenizer go into every checkpoint.
+    callbacks: list[Callback] = [SpeedMonitor(window_size=cfg.speed_window), LRMonitor(),
+                                 UnimedBundle(cfg, tokenizer)]
     if on_gpu:
         callbacks.append(MemoryMonitor())
     if cfg.loss_log:
@@ -129,5 +173,5 @@ def build_callbacks(cfg, tokenizer, on_gpu: bool) -> list[Callback]:  # (TrainCo
         else:
             sets = [(os.path.basename(os.path.normpath(s)), s) for s in z.sets]
         callbacks.append(ZeroShotEval(sets, tokenizer, cfg.model.vision.image_size, z.interval, z.batch_size,
-                                      z.max_samples, z.prompts))
+                                      z.max_samples, z.prompts, transform=transform_for(cfg)))
     return callbacks

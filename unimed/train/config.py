@@ -19,19 +19,30 @@ from unimed.streaming.loader import LoaderConfig
 from unimed.train.model import ModelConfig
 
 __all__ = [
-    "OptimizerConfig", "SchedulerConfig", "ZeroShotConfig", "FSDPConfig", "TrainConfig",
+    "LR_SCALING", "OptimizerConfig", "SchedulerConfig", "ZeroShotConfig", "FSDPConfig", "TrainConfig",
     "load_config", "save_config", "config_from_dict",
 ]
 
 
+LR_SCALING: tuple[str, ...] = ("none", "linear", "sqrt")
+
+
 @dataclass
 class OptimizerConfig:
-    """AdamW; no weight decay on gains, biases and the logit scale (every parameter of fewer than 2 dims)."""
+    """AdamW; no weight decay on gains, biases and the logit scale (every parameter of fewer than 2 dims).
+
+    The learning rate used is ``lr`` scaled by the rule ``lr_scaling`` from ``reference_batch_size``
+    (the global batch ``lr`` was tuned for) to the run's global batch: ``none`` uses ``lr`` as given;
+    ``linear`` multiplies it by global / reference (Goyal et al., the usual rule for AdamW CLIP runs
+    that keep the step count); ``sqrt`` by the square root of that ratio. The rate used is logged.
+    """
 
     lr: float = 5e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
     weight_decay: float = 0.2
+    lr_scaling: str = "none"  # none | linear | sqrt
+    reference_batch_size: int | None = None  # the global batch `lr` is for (needed by linear and sqrt)
 
 
 @dataclass
@@ -77,6 +88,13 @@ class TrainConfig:
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     max_duration: str = "10ep"
+    # Samples per optimizer step over all processes; each process then takes global_batch_size / world
+    # size (an indivisible setting is an error). None: data.batch_size per process, whatever the world.
+    global_batch_size: int | None = None
+    # Composer's micro-batching would split the contrastive loss (fewer negatives, another loss): only
+    # None or the per-process batch itself are accepted.
+    device_train_microbatch_size: int | None = None
+    compile: bool = False  # torch.compile every transformer block of both towers
     device: str = "auto"  # auto | cpu | gpu
     precision: str = "auto"  # auto: amp_bf16 on GPU, fp32 on CPU
     grad_clip_norm: float | None = None

@@ -34,6 +34,9 @@ class VisionConfig:
     quick_gelu: bool = True  # OpenAI/MetaCLIP weights were trained with QuickGELU
     pretrained: str | None = None  # open_clip/MetaCLIP checkpoint file (its visual.* keys are used)
     grad_checkpointing: bool = False
+    patch_dropout: float = 0.0  # share of patch tokens dropped at random in training (open_clip's)
+    locked: bool = False  # freeze the tower (LiT) ...
+    unlocked_layers: int = 0  # ... except its last N blocks and, when N > 0, ln_post and proj
 
 
 @dataclass
@@ -49,6 +52,8 @@ class TextConfig:
     dropout: float = 0.1  # BERT's hidden and attention dropout
     pretrained: str | None = None  # a local Hugging Face folder (config.json + weights)
     grad_checkpointing: bool = False
+    locked: bool = False  # freeze the tower ...
+    unlocked_layers: int = 0  # ... except its last N BERT layers and, when N > 0, the projection
 
 
 @dataclass
@@ -148,6 +153,8 @@ class VisionTransformer(nn.Module):
         self.transformer = Transformer(cfg)
         self.ln_post = nn.LayerNorm(cfg.width)
         self.proj = nn.Parameter(scale * torch.randn(cfg.width, embed_dim))
+        if not 0.0 <= cfg.patch_dropout < 1.0:
+            raise ValueError(f"model.vision.patch_dropout must be in [0, 1), got {cfg.patch_dropout}")
         self._init_blocks()
 
     def _init_blocks(self) -> None:
@@ -164,8 +171,41 @@ class VisionTransformer(nn.Module):
         x = self.conv1(image).flatten(2).transpose(1, 2)  # B, N, W
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        if self.training and self.cfg.patch_dropout > 0:
+            x = self._drop_patches(x)
         x = self.transformer(self.ln_pre(x))
         return self.ln_post(x[:, 0]) @ self.proj
+
+    def kept_patches(self) -> int:
+        """Patch tokens a training forward keeps (all of them without ``patch_dropout``)."""
+        patches = (self.cfg.image_size // self.cfg.patch_size) ** 2
+        return max(1, int(patches * (1.0 - self.cfg.patch_dropout)))
+
+    def _drop_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """Keep the class token and a random ``kept_patches()`` of the patch tokens, per image."""
+        cls, patches = x[:, :1], x[:, 1:]
+        keep = torch.randn(patches.shape[:2], device=x.device).topk(self.kept_patches(), dim=-1).indices
+        patches = patches.gather(1, keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+        return torch.cat([cls, patches], dim=1)
+
+    def lock(self, unlocked_layers: int = 0) -> None:
+        """Freeze every parameter but the last ``unlocked_layers`` blocks and, when that is above 0,
+        ``ln_post`` and ``proj`` (open_clip's groups: the head is the first to unlock)."""
+        blocks = list(self.transformer.resblocks)
+        _check_unlocked("model.vision.unlocked_layers", unlocked_layers, len(blocks))
+        self.requires_grad_(False)
+        if unlocked_layers:
+            for block in blocks[-unlocked_layers:]:
+                block.requires_grad_(True)
+            self.ln_post.requires_grad_(True)
+            self.proj.requires_grad_(True)
+
+
+def _check_unlocked(key: str, unlocked: int, layers: int) -> None:
+    if not 0 <= unlocked <= layers:
+        from unimed.errors import UserError
+
+        raise UserError(f"{key}={unlocked} must be between 0 and the tower's {layers} layers")
 
 
 class TextTower(nn.Module):
@@ -201,6 +241,17 @@ class TextTower(nn.Module):
             )
         )
 
+    def lock(self, unlocked_layers: int = 0) -> None:
+        """Freeze every parameter but the last ``unlocked_layers`` BERT layers and, when that is above 0,
+        the projection."""
+        layers = list(self.bert.encoder.layer)
+        _check_unlocked("model.text.unlocked_layers", unlocked_layers, len(layers))
+        self.requires_grad_(False)
+        if unlocked_layers:
+            for layer in layers[-unlocked_layers:]:
+                layer.requires_grad_(True)
+            self.proj.requires_grad_(True)
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         mask = (tokens != self.pad_id).long()
         out = self.bert(input_ids=tokens, attention_mask=mask).last_hidden_state
@@ -211,7 +262,10 @@ class CLIPModel(nn.Module):
     """Both towers and the learnable temperature.
 
     ``logit_scale`` holds log(scale) as a 1-element tensor (FSDP2 refuses 0-d parameters); the
-    scale used is ``exp`` of it, clamped at ``max_logit_scale``.
+    scale used is ``exp`` of it. The bound ``max_logit_scale`` is kept by clamping the parameter in
+    place after each optimizer step (:meth:`clamp_logit_scale_`, run by the trainer), as open_clip
+    does, never in ``forward``: a clamp there has a zero gradient above the bound, so a scale pushed
+    past it could never come back.
     """
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int = 0) -> None:
@@ -224,6 +278,10 @@ class CLIPModel(nn.Module):
         self.logit_scale = nn.Parameter(torch.full((1,), math.log(cfg.init_logit_scale)))
         # SigLIP's learnable bias (the paper's init, -10); absent for the CLIP loss.
         self.logit_bias = nn.Parameter(torch.full((1,), -10.0)) if cfg.loss == "siglip" else None
+        if cfg.vision.locked:  # locked-tower tuning (LiT): frozen parameters get no gradient, no optimizer state
+            self.visual.lock(cfg.vision.unlocked_layers)
+        if cfg.text.locked:
+            self.text.lock(cfg.text.unlocked_layers)
 
     def encode_image(self, image: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Image embeddings [B, embed_dim] (unit length when ``normalize``)."""
@@ -236,8 +294,16 @@ class CLIPModel(nn.Module):
         return F.normalize(x, dim=-1) if normalize else x
 
     def scale(self) -> torch.Tensor:
-        """The temperature as a 1-element tensor: exp(logit_scale) clamped at ``max_logit_scale``."""
-        return self.logit_scale.exp().clamp(max=self.cfg.max_logit_scale)
+        """The temperature as a 1-element float32 tensor: exp(logit_scale), unclamped (see the class)."""
+        return self.logit_scale.float().exp()
+
+    @torch.no_grad()
+    def clamp_logit_scale_(self) -> None:
+        """Clamp ``logit_scale`` in place to [0, log(max_logit_scale)] (scale in [1, max]).
+
+        Works on a plain tensor and on an FSDP2 shard (a ``DTensor``: each rank clamps its part).
+        """
+        self.logit_scale.clamp_(0.0, math.log(self.cfg.max_logit_scale))
 
     def forward(
         self, image: torch.Tensor | None = None, tokens: torch.Tensor | None = None
@@ -251,8 +317,28 @@ class CLIPModel(nn.Module):
         txt = self.encode_text(tokens) if tokens is not None else None
         return img, txt, self.scale()
 
-    def fsdp_wrap_fn(self, module: nn.Module) -> bool:
-        """FSDP2 units: each ViT block and each BERT layer (Composer reads this on direct children)."""
+    def compile_blocks_(self) -> int:
+        """``torch.compile`` every transformer block of both towers (the ViT's and BERT's layers).
+
+        Each block's ``forward`` is compiled, not the module: parameter names stay as they are (no
+        ``_orig_mod.``), and FSDP2's hooks, which sit around each block's call, stay outside the
+        compiled graphs. Returns the number of blocks compiled.
+        """
         from transformers.models.bert.modeling_bert import BertLayer
 
-        return isinstance(module, ResidualAttentionBlock | BertLayer)
+        blocks = [m for m in self.modules() if isinstance(m, ResidualAttentionBlock | BertLayer)]
+        for block in blocks:
+            block.forward = torch.compile(block.forward)
+        return len(blocks)
+
+    def fsdp_wrap_fn(self, module: nn.Module) -> bool:
+        """FSDP2 units Composer still has to make: each ViT block and BERT layer not sharded already.
+
+        ``unimed.train.composer_model.shard_towers`` shards the blocks and the towers before Composer
+        wraps this module (it needs a mixed-precision policy per unit, which Composer cannot give),
+        so Composer's own pass only wraps this root, left holding the logit scale and bias.
+        """
+        from torch.distributed.fsdp import FSDPModule
+        from transformers.models.bert.modeling_bert import BertLayer
+
+        return isinstance(module, ResidualAttentionBlock | BertLayer) and not isinstance(module, FSDPModule)
