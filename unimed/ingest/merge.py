@@ -3,9 +3,10 @@
 ``convert`` calls :func:`merge` after its chunks; ``ingest merge DIR`` runs it on a folder into which
 the chunk folders of a split job were copied. The merged ``index.json`` is the one
 ``streaming.base.util.merge_index`` writes (each chunk's shards, their basenames prefixed with the
-chunk folder), written here to a temporary name and renamed, so a full disk never leaves a partial
-index. The dataset's ``rejects.jsonl`` names rejected inputs by keyed uid; the report folder's
-``rejects.jsonl`` (outside the dataset) adds their paths for the operator.
+chunk folder), written by :func:`unimed.shards.merge_index` to a temporary name and renamed, so a
+full disk never leaves a partial index. The dataset's ``rejects.jsonl`` names rejected inputs by
+keyed uid; the report folder's ``rejects.jsonl`` (outside the dataset) adds their paths for the
+operator.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections import Counter
 
 from unimed.errors import UserError
 from unimed.ingest.writer import DONE_FILE, PARTS_DIR, write_jsonl
+from unimed.shards import INDEX, merge_index
 
 __all__ = ["STATE_DIR", "done_chunks", "merge", "merge_indexes", "merge_report", "write_summary"]
 
@@ -28,7 +30,7 @@ def done_chunks(out: str) -> dict[str, dict]:
     done = {}
     for d in sorted(os.listdir(out)):
         f = os.path.join(out, d, DONE_FILE)
-        if d.endswith(".tmp") or not (os.path.isfile(f) and os.path.isfile(os.path.join(out, d, "index.json"))):
+        if d.endswith(".tmp") or not (os.path.isfile(f) and os.path.isfile(os.path.join(out, d, INDEX))):
             continue
         try:
             with open(f) as fh:
@@ -51,16 +53,7 @@ def _replace_json(path: str, obj: object, indent: int | None = None) -> None:
 
 def merge_indexes(out: str, chunks: list[str]) -> None:
     """Write ``<out>/index.json`` over the shards of the given chunk folders, atomically."""
-    shards = []
-    for d in chunks:
-        with open(os.path.join(out, d, "index.json")) as fh:
-            part = json.load(fh)
-        for shard in part["shards"]:
-            for key in ("raw_data", "zip_data", "raw_meta", "zip_meta"):
-                if shard.get(key):
-                    shard[key]["basename"] = os.path.join(d, shard[key]["basename"])
-            shards.append(shard)
-    _replace_json(os.path.join(out, "index.json"), {"version": 2, "shards": shards})
+    merge_index(out, chunks)
 
 
 def merge_report(report: str) -> int:

@@ -1,15 +1,25 @@
-"""The converter's terminal output: a progress bar with images per second, reject lines, and the
-queue through which worker processes report both."""
+"""The converter's terminal output: a progress line with images per second, reject lines, and the
+batching through which worker processes report both.
+
+On a terminal the line is redrawn at most four times a second; when stderr is not a terminal (a log
+file, a CI job) a plain line is written every few seconds instead of ``\\r`` frames. Workers send their
+counts in batches (at most a few messages a second each), so the parent's share of the CPU stays
+negligible however small the images.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 from unimed.errors import shown_path
 
-__all__ = ["progress_bar", "tick", "drain", "reject_line"]
+__all__ = ["Progress", "Batcher", "progress_bar", "tick", "reject_line"]
+
+REDRAW_S = 0.25  # a terminal line is redrawn at most this often
+LOG_EVERY_S = 5.0  # without a terminal, one line this often
+BATCH_S = 0.2  # a worker reports at most this often (and at the end of each chunk)
 
 
 def reject_line(r: dict, show_paths: bool = False) -> str:
@@ -17,50 +27,96 @@ def reject_line(r: dict, show_paths: bool = False) -> str:
     return f"reject {shown_path(r['path']) if show_paths else r['uid']}: {r['reason']}"
 
 
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
+class Progress:
+    """Files done of ``total``, images written and their rate, on ``stream`` (default stderr)."""
 
-    def set_postfix_str(self, s: str) -> None:
-        pass
+    def __init__(self, total: int, enabled: bool = True, stream: TextIO | None = None) -> None:
+        self.total, self.enabled = total, enabled
+        self.stream = stream or sys.stderr
+        self.tty = enabled and bool(getattr(self.stream, "isatty", lambda: False)())
+        self.files = self.images = 0
+        self.t0 = self.last = time.perf_counter()
+        self.shown = False  # a frame is on the terminal line
+
+    def _text(self) -> str:
+        secs = max(time.perf_counter() - self.t0, 1e-9)
+        rate = self.images / secs
+        left = (self.total - self.files) * secs / self.files if self.files else 0.0
+        return (f"convert {self.files}/{self.total} files, {self.images} img, {rate:.1f} img/s"
+                + (f", {int(left) // 60}:{int(left) % 60:02d} left" if self.files and self.files < self.total else ""))
+
+    def update(self, files: int, images: int) -> None:
+        """Count ``files`` more inputs and ``images`` more images; redraw if it is time."""
+        self.files += files
+        self.images += images
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if now - self.last >= (REDRAW_S if self.tty else LOG_EVERY_S):
+            self.last = now
+            self._draw()
+
+    def _draw(self) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K" + self._text())
+            self.shown = True
+        else:
+            self.stream.write(self._text() + "\n")
+        self.stream.flush()
+
+    def write(self, line: str) -> None:
+        """Print a line above the progress line."""
+        if self.shown:
+            self.stream.write("\r\033[K")
+            self.shown = False
+        self.stream.write(line + "\n")
+        self.stream.flush()
 
     def close(self) -> None:
-        pass
+        """Draw the last frame (on a terminal) and end the line."""
+        if self.tty:
+            self._draw()
+            self.stream.write("\n")
+            self.stream.flush()
+            self.shown = False
 
 
-def progress_bar(enabled: bool, total: int) -> Any:
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, unit="file", desc="convert", dynamic_ncols=True, file=sys.stderr)
-    bar.images = 0  # type: ignore[attr-defined]
-    bar.t0 = time.perf_counter()  # type: ignore[attr-defined]
-    return bar
+def progress_bar(enabled: bool, total: int) -> Progress:
+    """The progress display of a run over ``total`` inputs (silent when not ``enabled``)."""
+    return Progress(total, enabled)
 
 
-def tick(bar: Any, n: int, rejects: list[dict], echo: Any, show_paths: bool = False) -> None:
-    bar.update(1)
-    if hasattr(bar, "images"):
-        bar.images += n
-        rate = bar.images / max(time.perf_counter() - bar.t0, 1e-9)
-        bar.set_postfix_str(f"{bar.images} img, {rate:.1f} img/s")
+def tick(bar: Progress, files: int, images: int, rejects: list[dict], echo: Any, show_paths: bool = False) -> None:
+    """Count finished inputs and print their reject lines (above the progress line, or by ``echo``)."""
+    bar.update(files, images)
     for r in rejects:
         line = reject_line(r, show_paths)
-        if hasattr(bar, "write"):
-            bar.write(line, file=sys.stderr)
+        if bar.enabled:
+            bar.write(line)
         else:
             echo(line)
 
 
-def drain(queue: Any, bar: Any, echo: Any, timeout: float, show_paths: bool = False) -> None:
-    import queue as q
+class Batcher:
+    """In a worker: gather per-input reports and send them through ``send`` at most every ``BATCH_S``."""
 
-    try:
-        n, rj = queue.get(timeout=timeout) if timeout else queue.get_nowait()
-        tick(bar, n, rj, echo, show_paths)
-        while True:
-            n, rj = queue.get_nowait()
-            tick(bar, n, rj, echo, show_paths)
-    except q.Empty:
-        pass
+    def __init__(self, send: Any) -> None:
+        self.send = send
+        self.files = self.images = 0
+        self.rejects: list[dict] = []
+        self.last = time.perf_counter()
+
+    def __call__(self, images: int, rejects: list[dict]) -> None:
+        self.files += 1
+        self.images += images
+        self.rejects.extend(rejects)
+        if time.perf_counter() - self.last >= BATCH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what has gathered (if anything)."""
+        if self.files or self.rejects:
+            self.send((self.files, self.images, self.rejects))
+            self.files = self.images = 0
+            self.rejects = []
+        self.last = time.perf_counter()

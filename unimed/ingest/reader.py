@@ -1,7 +1,8 @@
 """Reading a converted folder back with a stock ``streaming.StreamingDataset`` (for verify/inspect/tests).
 
-The folder is used as the *remote* and a temporary folder as the local cache, so reading never
-writes decompressed shards into the output folder.
+Index files are read (and checked, in one place) by :func:`unimed.shards.read_index`. The folder is
+used as the *remote* and a temporary folder as the local cache, so reading never writes
+decompressed shards into the output folder.
 """
 
 from __future__ import annotations
@@ -13,25 +14,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from unimed.errors import UserError
+from unimed.shards import read_index
 
 __all__ = ["open_dataset", "read_index"]
-
-
-def read_index(folder: str) -> dict:
-    """The folder's ``index.json``; a missing, empty or damaged one is a one-line UserError."""
-    import json
-
-    path = os.path.join(folder, "index.json")
-    if not os.path.isfile(path):
-        raise UserError(f"{folder}: no index.json (not a converted folder, or the run has not finished)")
-    try:
-        with open(path) as fh:
-            index = json.load(fh)
-    except (ValueError, UnicodeDecodeError):
-        index = None
-    if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
-        raise UserError(f"{path}: empty or damaged index; rerun `ingest merge {folder}` to rebuild it")
-    return index
 
 
 @contextlib.contextmanager
@@ -40,7 +25,10 @@ def open_dataset(folder: str) -> Iterator[Any]:
     from streaming import StreamingDataset
     from streaming.base.util import clean_stale_shared_memory
 
-    read_index(folder)
+    index = read_index(folder)
+    if not any(shard.get("samples") for shard in index["shards"]):
+        raise UserError(f"{folder}: holds no samples (no input was converted; the reasons are in "
+                        f"{os.path.join(folder, 'rejects.jsonl')})")
     clean_stale_shared_memory()
     with tempfile.TemporaryDirectory(prefix="unimed-read-") as cache:
         ds = StreamingDataset(remote=os.path.abspath(folder), local=cache, shuffle=False, batch_size=1,

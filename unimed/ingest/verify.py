@@ -7,31 +7,21 @@ import json
 import os
 from typing import Any
 
-from unimed.ingest.reader import open_dataset, read_index
+from unimed.ingest.reader import open_dataset
 from unimed.schema import COLUMNS, check_sample
+from unimed.shards import decompress, file_hash, read_index, shard_file
 
 __all__ = ["verify"]
 
 
-def _xxh64(path: str) -> str:
-    import xxhash
-
-    h = xxhash.xxh64()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _check_files(folder: str, index: dict) -> list[str]:
     import xxhash
-    import zstandard
 
     faults = []
     for i, shard in enumerate(index.get("shards", [])):
         if shard.get("column_names") != list(COLUMNS) and set(shard.get("column_names", [])) != set(COLUMNS):
             faults.append(f"shard {i}: columns {shard.get('column_names')} differ from the schema")
-        entry = shard.get("zip_data") or shard.get("raw_data")
+        entry = shard_file(shard)
         name = entry["basename"]
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
@@ -43,12 +33,12 @@ def _check_files(folder: str, index: dict) -> list[str]:
         want = entry.get("hashes", {}).get("xxh64")
         if want is None:
             faults.append(f"{name}: index holds no xxh64 hash")
-        elif _xxh64(path) != want:
+        elif file_hash("xxh64", path) != want:
             faults.append(f"{name}: xxh64 hash mismatch (shard corrupted)")
             continue
         if shard.get("zip_data"):
-            raw = zstandard.ZstdDecompressor().decompress(open(path, "rb").read(),
-                                                         max_output_size=shard["raw_data"]["bytes"])
+            with open(path, "rb") as fh:
+                raw = decompress(shard.get("compression"), fh.read())
             rwant = shard["raw_data"].get("hashes", {}).get("xxh64")
             if rwant and xxhash.xxh64(raw).hexdigest() != rwant:
                 faults.append(f"{name}: decompressed data hash mismatch")
@@ -62,7 +52,7 @@ def _check_samples(folder: str, index: dict, decode: bool) -> tuple[list[str], i
     bounds = []
     total = 0
     for shard in index["shards"]:
-        bounds.append((total, total + shard["samples"], (shard.get("zip_data") or shard["raw_data"])["basename"]))
+        bounds.append((total, total + shard["samples"], shard_file(shard)["basename"]))
         total += shard["samples"]
     uids: dict[str, int] = {}
     with open_dataset(folder) as ds:

@@ -1,8 +1,9 @@
 """Writing one chunk of tasks into its own MDS folder, atomically.
 
 A chunk is written to ``<out>/<chunk>.tmp/`` and renamed to ``<out>/<chunk>/`` only after the MDS
-writer has finished (index.json written) and the chunk's ``done.json`` (counts, rejects, timings) is
-in place. A killed run therefore leaves either a complete chunk folder or a ``.tmp`` folder that
+writer (:class:`unimed.shards.ShardWriter`, byte-identical to ``streaming.MDSWriter`` and without its
+torch import) has finished (index.json written) and the chunk's ``done.json`` (counts, rejects,
+timings) is in place. A killed run therefore leaves either a complete chunk folder or a ``.tmp`` folder that
 ``--resume`` deletes and redoes; no index ever points at a partial shard.
 """
 
@@ -25,6 +26,7 @@ from unimed.ingest.captions import CaptionEngine
 from unimed.ingest.deid import keyed_uid, reject_uid
 from unimed.ingest.sources.base import TIMES, Options, Task, get_source, timed
 from unimed.schema import COLUMNS
+from unimed.shards import ShardWriter
 
 __all__ = ["ChunkSpec", "WriteOptions", "process_chunk", "write_jsonl", "DONE_FILE", "PARTS_DIR"]
 
@@ -39,7 +41,7 @@ class WriteOptions:
     codec: str = "jpeg"
     quality: int = 90
     max_side: int = 512
-    compression: str | None = "zstd:3"
+    compression: str | None = "zstd:1"
     size_limit: str = "64mb"
     banks: list[str] = field(default_factory=list)
 
@@ -62,7 +64,7 @@ def _sample(item: Any, task: Task, engine: CaptionEngine, wopts: WriteOptions, k
     labels = list(task.extra.get("labels") or item.labels)
     # Free-text captions first; label captions beside them only when there are labels (a bank's
     # generic "unlabeled" phrasings would only dilute a real caption).
-    captions = engine.captions(item.modality, labels, item.anatomy) if labels or not item.texts else []
+    captions = _label_captions(engine, item.modality, labels, item.anatomy) if labels or not item.texts else []
     captions = list(dict.fromkeys([*item.texts, *captions]))
     meta = dict(item.meta)
     meta.update(
@@ -81,6 +83,20 @@ def _sample(item: Any, task: Task, engine: CaptionEngine, wopts: WriteOptions, k
         "uid": keyed_uid(key, item.key),
         "meta": meta,
     }
+
+
+_CAPTIONS: dict[tuple, list[str]] = {}
+
+
+def _label_captions(engine: CaptionEngine, modality: str, labels: list[str], anatomy: str | None) -> list[str]:
+    """``engine.captions`` (deterministic), kept per label set for the chunk: a series repeats one set."""
+    key = (id(engine), modality, tuple(labels), anatomy)
+    hit = _CAPTIONS.get(key)
+    if hit is None:
+        if len(_CAPTIONS) >= 4096:
+            _CAPTIONS.clear()
+        hit = _CAPTIONS[key] = engine.captions(modality, labels, anatomy)
+    return hit
 
 
 def _convert_task(task: Task, opts: Options, engine: CaptionEngine, wopts: WriteOptions,
@@ -130,14 +146,13 @@ def process_chunk(out: str, spec: ChunkSpec, opts: Options, wopts: WriteOptions,
     the chunk's ``done.json`` hold the keyed uid and the reason only; their paths go to
     ``<report_dir>/parts/<chunk>.jsonl``, outside the dataset folder.
     """
-    from streaming import MDSWriter
-
     final = os.path.join(out, spec.name)
     tmp = final + ".tmp"
     if os.path.isdir(tmp):
         shutil.rmtree(tmp)
     TIMES.clear()
     engine = CaptionEngine(wopts.banks)
+    _CAPTIONS.clear()  # kept for this chunk's engine only
     start = time.perf_counter()
     counts: Counter = Counter()
     sources: Counter = Counter()
@@ -145,8 +160,8 @@ def process_chunk(out: str, spec: ChunkSpec, opts: Options, wopts: WriteOptions,
     n = 0
     image_bytes = 0
     gen_time = 0.0
-    with MDSWriter(out=tmp, columns=COLUMNS, compression=wopts.compression, hashes=["xxh64"],
-                   size_limit=wopts.size_limit, exist_ok=False, progress_bar=False) as writer:
+    with ShardWriter(tmp, COLUMNS, compression=wopts.compression, hashes=["xxh64"],
+                     size_limit=wopts.size_limit) as writer:
         for task in spec.tasks:
             t0 = time.perf_counter()
             enc0 = TIMES.get("encode", 0.0)

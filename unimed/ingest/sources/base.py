@@ -8,6 +8,7 @@ metadata. Sources never see shards; the writer never sees file formats.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import time
 import warnings
@@ -95,8 +96,9 @@ class Source:
 
     @classmethod
     def missing(cls) -> list[str]:
-        """The required modules that cannot be imported here."""
-        return [m for m in cls.requires if importlib.util.find_spec(m) is None]
+        """The required modules that cannot be imported here (looked up once per process: a lookup
+        walks sys.path, ~0.1 ms, and planning asks for every file)."""
+        return [m for m in cls.requires if not _importable(m)]
 
     def probe(self, path: Path, head: bytes) -> bool:
         """Whether this source reads ``path`` (``head`` is its first 256 bytes)."""
@@ -109,6 +111,11 @@ class Source:
     def iter_items(self, task: Task, opts: Options) -> Iterator[Item]:
         """Yield the 2D images of a task. Raises RejectError for an input it cannot convert."""
         raise NotImplementedError
+
+
+@functools.cache
+def _importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 _REGISTRY: dict[str, Source] = {}
