@@ -31,28 +31,29 @@ def test_an_unknown_axis_is_a_bad_argument_not_a_reject_per_file(tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
-def test_tokenizer_on_a_folder_without_samples_says_so(tmp_path, capsys):
+@pytest.fixture
+def converted_nothing(tmp_path, capsys):
+    """A dataset folder from a run whose only input was rejected."""
     src = tmp_path / "in"
     src.mkdir()
     (src / "notes.txt").write_text("not an image")
     out = tmp_path / "out"
     cli.main(["convert", str(src), "--out", str(out), "--no-progress"])
     capsys.readouterr()
+    return out
+
+
+def test_tokenizer_on_a_folder_without_samples_says_so(converted_nothing, capsys):
+    out = converted_nothing
     assert cli.main(["tokenizer", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no samples" in err
     assert not (out / "tokenizer").exists()
 
 
-def test_verify_and_inspect_on_a_run_that_converted_nothing(tmp_path, capsys):
-    src = tmp_path / "in"
-    src.mkdir()
-    (src / "notes.txt").write_text("not an image")
-    out = tmp_path / "out"
-    cli.main(["convert", str(src), "--out", str(out), "--no-progress"])
-    capsys.readouterr()
+def test_verify_and_inspect_on_a_run_that_converted_nothing(converted_nothing, capsys):
     for cmd in ("verify", "inspect"):
-        assert cli.main([cmd, str(out)]) == 2
+        assert cli.main([cmd, str(converted_nothing)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "holds no samples" in err
 

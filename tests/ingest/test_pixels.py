@@ -14,13 +14,13 @@ import numpy as np
 import pydicom
 import pydicom.data
 import pytest
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from unimed.ingest import intensity
 from unimed.ingest.sources.base import Options
 from unimed.ingest.sources.dicom import DicomSource
 from unimed.ingest.sources.nifti import NiftiSource
+from unimed.ingest.synthetic import write_ct_slice
 from unimed.samples import all_dicom_files, pydicom_data_dir, pydicom_dir
 
 
@@ -212,39 +212,16 @@ def test_enhanced_mr_frames_share_one_percentile_scale():
 # --- 4. Emptiness is judged before windowing ------------------------------------------------------
 
 
-def _ct_file(path: Path, hu: np.ndarray) -> Path:
-    """A one-slice CT (int16 HU, rescale 1/0) written with pydicom."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality = "CT"
-    ds.Rows, ds.Columns = hu.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-    ds.PixelRepresentation = 1
-    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-    ds.PixelData = hu.astype(np.int16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def test_saturated_ct_slice_is_kept_and_constant_slice_skipped(tmp_path, helpers):
     rng = np.random.default_rng(0)
     bone = rng.integers(400, 2000, (64, 64))  # all above the soft-tissue window's top (240 HU)
-    _ct_file(tmp_path / "sat" / "bone.dcm", bone)
+    write_ct_slice(tmp_path / "sat" / "bone.dcm", bone)
     out = tmp_path / "out"
     summary = helpers.convert([tmp_path / "sat"], out, codec="png")
     assert summary["images"] == 1
     (s,) = helpers.read(out)
     assert s["meta"]["window"] == [40.0, 400.0] and int(helpers.decode(s).min()) == 255
-    _ct_file(tmp_path / "flat" / "flat.dcm", np.full((64, 64), 1500))
+    write_ct_slice(tmp_path / "flat" / "flat.dcm", np.full((64, 64), 1500))
     summary = helpers.convert([tmp_path / "flat"], tmp_path / "out2", codec="png")
     assert summary["images"] == 0  # a truly constant slice is still skipped
 

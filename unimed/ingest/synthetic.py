@@ -28,45 +28,51 @@ def phantom_slice(size: int, k: int, n: int, rng: np.random.Generator) -> np.nda
     return np.clip(hu, -1024, 3071).astype(np.int16)
 
 
-def write_ct_series(folder: str | Path, n: int, size: int = 512, seed: int = 0) -> list[Path]:
-    """Write an uncompressed CT series of ``n`` slices (int16, rescale intercept 0) with pydicom."""
+def write_ct_slice(path: str | Path, hu: np.ndarray, study: str | None = None, series: str | None = None,
+                   index: int = 0) -> Path:
+    """Write one uncompressed CT slice (int16 HU, rescale 1/0, slice ``index`` of a series) with pydicom."""
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study or generate_uid(), series or generate_uid()
+    ds.Modality = "CT"
+    ds.PatientName, ds.PatientID = "Synthetic^Phantom", "SYN0001"
+    ds.BodyPartExamined = "CHEST"
+    ds.InstanceNumber = index + 1
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = [0.0, 0.0, float(index) * 1.25]
+    ds.PixelSpacing = [0.7, 0.7]
+    ds.SliceThickness = 1.25
+    ds.Rows, ds.Columns = hu.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelRepresentation = 1
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    ds.PixelData = np.asarray(hu).astype(np.int16).tobytes()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_ct_series(folder: str | Path, n: int, size: int = 512, seed: int = 0) -> list[Path]:
+    """Write an uncompressed CT series of ``n`` slices (int16, rescale intercept 0) with pydicom."""
+    from pydicom.uid import generate_uid
+
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     study, series = generate_uid(), generate_uid()
-    paths = []
-    for k in range(n):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = pydicom.Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.Modality = "CT"
-        ds.PatientName, ds.PatientID = "Synthetic^Phantom", "SYN0001"
-        ds.BodyPartExamined = "CHEST"
-        ds.InstanceNumber = k + 1
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [0.0, 0.0, float(k) * 1.25]
-        ds.PixelSpacing = [0.7, 0.7]
-        ds.SliceThickness = 1.25
-        ds.Rows = ds.Columns = size
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-        ds.PixelRepresentation = 1
-        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-        ds.PixelData = phantom_slice(size, k, n, rng).tobytes()
-        path = folder / f"slice{k:05d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+    return [write_ct_slice(folder / f"slice{k:05d}.dcm", phantom_slice(size, k, n, rng), study, series, k)
+            for k in range(n)]
 
 
 def write_nifti_volumes(folder: str | Path, n_volumes: int, slices: int, size: int = 512, seed: int = 0,
