@@ -1,4 +1,5 @@
-"""The ``unimed`` command: ``demo``, ``eval zeroshot|retrieval|linear-probe``, ``export``, ``import`` and ``leakage``."""
+"""The ``unimed`` command: ``demo``, ``train``, ``eval zeroshot|retrieval|linear-probe``, ``export``, ``import``
+and ``leakage``."""
 
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="ingest the bundled sample data and print the figures")
     d.add_argument("--out", default="demo-out")
     d.add_argument("--workers", type=int, default=2)
+    t = sub.add_parser("train", help="train a config: a shipped name (demo-cpu, vitb16-unimed, ...) or a YAML path")
+    t.add_argument("config", help="a shipped config's name or a training YAML")
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. data.batch_size=64")
+    t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    t.add_argument("--dry-run", action="store_true",
+                   help="build model and loader, print sizes, FLOPs and the first batch's shapes, and exit")
     e = sub.add_parser("eval", help="evaluate a trained model")
     esub = e.add_subparsers(dest="eval_cmd", required=True)
     z = esub.add_parser("zeroshot", help="zero-shot classification on MDS evaluation sets (tables per modality)")
@@ -65,6 +72,26 @@ def _parser() -> argparse.ArgumentParser:
     lk.add_argument("--drop", metavar="OUT", help="write the training set without them into a new MDS folder")
     lk.add_argument("--json", help="the full report (every pair, by uid) as JSON")
     return parser
+
+
+def _train(args: argparse.Namespace) -> None:
+    """One process; for several, `composer -n N train/run.py CONFIG ...` (the same config and overrides)."""
+    from unimed.train.config import config_yaml, load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(config_yaml(cfg), end="")
+        return
+    if args.dry_run:
+        import json
+
+        from unimed.train.trainer import dry_run
+
+        print(json.dumps(dry_run(cfg), indent=2))
+        return
+    from unimed.train.trainer import train
+
+    train(cfg)
 
 
 def _leakage(args: argparse.Namespace) -> None:
@@ -111,6 +138,8 @@ def _run(args: argparse.Namespace) -> None:
         from unimed.export import run_export
 
         run_export(args.checkpoint, args.format, args.out, args.config)
+    elif args.cmd == "train":
+        _train(args)
     elif args.cmd == "leakage":
         _leakage(args)
     elif args.cmd == "import":

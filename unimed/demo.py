@@ -53,11 +53,10 @@ def run_demo(out: str = "demo-out", workers: int = 2) -> dict:
 
 
 def _demo_config_path() -> Path:
-    """``train/yamls/demo-cpu.yaml`` of the source tree (the demo runs from the repository root)."""
-    path = Path(__file__).resolve().parents[1] / "train" / "yamls" / "demo-cpu.yaml"
-    if not path.is_file():
-        path = Path("train/yamls/demo-cpu.yaml")
-    return path
+    """The shipped ``demo-cpu.yaml`` (inside the package, so an installed unimed has a working demo)."""
+    from unimed.train.config import config_path
+
+    return Path(config_path("demo-cpu"))
 
 
 def _train_and_evaluate(root: Path, workers: int) -> dict:

@@ -9,6 +9,7 @@ rebuilds the same model.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
 from omegaconf import OmegaConf
@@ -20,7 +21,7 @@ from unimed.train.model import ModelConfig
 
 __all__ = [
     "LR_SCALING", "OptimizerConfig", "SchedulerConfig", "ZeroShotConfig", "FSDPConfig", "TrainConfig",
-    "load_config", "save_config", "config_from_dict",
+    "load_config", "save_config", "config_from_dict", "config_path", "config_yaml", "packaged_configs", "YAML_DIR",
 ]
 
 
@@ -129,17 +130,51 @@ def config_from_dict(doc: dict, overrides: list[str] | None = None, where: str =
     except OmegaConfBaseException as exc:
         raise _format_error(exc, where) from None
     assert isinstance(cfg, TrainConfig)
+    _check(cfg, where)
     return cfg
 
 
+_DURATION = re.compile(r"^\d+(\.\d+)?(ep|ba|sp|tok|dur)$")
+
+
+def _check(cfg: TrainConfig, where: str) -> None:
+    """Values the schema's types admit but training cannot use, each a one-line UserError naming the key."""
+    if cfg.data.batch_size < 1:
+        raise UserError(f"{where}: data.batch_size {cfg.data.batch_size}: at least 1 sample per process")
+    if cfg.global_batch_size is not None and cfg.global_batch_size < 1:
+        raise UserError(f"{where}: global_batch_size {cfg.global_batch_size}: at least 1")
+    if not _DURATION.match(str(cfg.max_duration)):
+        raise UserError(f"{where}: max_duration {cfg.max_duration!r}: a number and a unit, e.g. 10ep or 5000ba")
+
+
+#: The training YAMLs shipped inside the package (``train/yamls`` of the source tree links here).
+YAML_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "yamls")
+
+
+def packaged_configs() -> list[str]:
+    """Names of the shipped training configs (``demo-cpu``, ``vitb16-unimed``, ...)."""
+    return sorted(f[:-5] for f in os.listdir(YAML_DIR) if f.endswith(".yaml"))
+
+
+def config_path(name_or_path: str) -> str:
+    """A training YAML by path, or by the name of a shipped one (``demo-cpu`` or ``demo-cpu.yaml``)."""
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    shipped = os.path.join(YAML_DIR, os.path.basename(name_or_path))
+    for candidate in (shipped, shipped + ".yaml"):
+        if os.path.isfile(candidate):
+            return candidate
+    raise UserError(f"training config {name_or_path!r} does not exist: give a YAML path or one of "
+                    f"{', '.join(packaged_configs())}")
+
+
 def load_config(path: str, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a training YAML, apply ``key=value`` overrides, validate.
+    """Read a training YAML (a path or a shipped config's name), apply ``key=value`` overrides, validate.
 
     Relative shard, mix, tokenizer and pretrained paths in the file stay relative to the working
     directory (the command is run from the repository root, like the Makefile's).
     """
-    if not os.path.isfile(path):
-        raise UserError(f"training config {path!r} does not exist (see train/yamls/)")
+    path = config_path(path)
     try:
         doc = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     except OmegaConfBaseException as exc:
@@ -151,3 +186,8 @@ def save_config(cfg: TrainConfig, path: str) -> None:
     """Write the resolved config as YAML (beside the checkpoints)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     OmegaConf.save(OmegaConf.structured(cfg), path)
+
+
+def config_yaml(cfg: TrainConfig) -> str:
+    """The resolved config as YAML text (what ``save_config`` writes)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

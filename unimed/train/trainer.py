@@ -214,3 +214,34 @@ def _full_state_dict(trainer) -> dict[str, torch.Tensor]:
             v = v.full_tensor()
         out[k] = v.detach().cpu()
     return out
+
+
+def dry_run(cfg: TrainConfig) -> dict[str, Any]:
+    """Build the model and the loader of ``cfg`` and take one batch, training nothing: sizes, FLOPs and
+    the first batch's shapes (``unimed train --dry-run``), so a config is checked before a long run."""
+    from unimed.streaming.loader import build_loader
+    from unimed.train.checkpoint import tokenizer_for
+    from unimed.train.composer_model import UnimedCLIP
+    from unimed.train.weights import build_model
+
+    cfg.data.batch_size = per_device_batch(cfg, 1)
+    _check_microbatch(cfg, cfg.data.batch_size)
+    tokenizer = tokenizer_for(cfg)
+    if cfg.data.context_length != cfg.model.text.context_length:
+        raise UserError(f"data.context_length {cfg.data.context_length} differs from model.text.context_length "
+                        f"{cfg.model.text.context_length}")
+    model = UnimedCLIP(build_model(cfg.model, tokenizer.vocab_size, tokenizer.pad_id))
+    towers = {name: sum(p.numel() for p in getattr(model.model, name).parameters())
+              for name in ("visual", "text") if hasattr(model.model, name)}
+    batch = next(iter(build_loader(cfg.data, tokenizer).dataloader))
+    shapes = {k: "x".join(map(str, v.shape)) + " " + str(v.dtype).replace("torch.", "") for k, v in batch.items()
+              if isinstance(v, torch.Tensor)}
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "towers": towers,
+        "batch_size": cfg.data.batch_size,
+        "lr": scaled_lr(cfg, cfg.data.batch_size),
+        "gflops_per_batch": round(model.flops_per_batch(batch) / 1e9, 3),
+        "first_batch": shapes,
+    }
