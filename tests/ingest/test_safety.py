@@ -313,3 +313,16 @@ def test_a_chunk_folder_left_without_its_index_is_redone(tmp_path, helpers):
     helpers.convert([series], out, chunk_mb=0.02, resume=True)
     assert sorted(s["uid"] for s in helpers.read(out)) == want
     assert cli.main(["verify", str(out)]) == 0
+
+
+def test_a_manifest_modality_cell_is_never_echoed(tmp_path, helpers):
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "m"
+    data.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32), dtype=np.uint8)).save(data / "a.png")
+    (data / "list.csv").write_text("image,caption,modality\na.png,A chest film.,WASHINGTON_JOHN_778899\n")
+    helpers.convert([data / "list.csv"], tmp_path / "out")
+    reasons = " ".join(r["reason"] for r in helpers.dataset_rejects(tmp_path / "out"))
+    assert "modality column" in reasons and "WASHINGTON" not in reasons and "778899" not in reasons

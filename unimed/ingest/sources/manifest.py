@@ -200,7 +200,8 @@ class ManifestSource(Source):
             raise RejectError(f"image file not found ({where})")
         modality = ex.get("modality")
         if modality and modality not in MODALITIES:
-            raise RejectError(f"modality {modality} is not one of {', '.join(MODALITIES)} ({where})")
+            # The cell is free text: it is not echoed (the report folder has the manifest's path).
+            raise RejectError(f"the modality column holds none of {', '.join(MODALITIES)} ({where})")
         texts = [c for t in ex["captions"] if (c := reports.clean_text(t, mode=opts.text))]
         for rep in ex["reports"]:
             texts += reports.report_captions(rep, mode=opts.text)
