@@ -57,6 +57,7 @@ def _pretrained(folder: Path, tokenizer_dir: str, cfg) -> tuple[str, str]:
 
     tok = tokenizer_for(cfg)
     text = folder / "bert"
+    torch.manual_seed(2)  # the same towers whichever tests ran before (the global RNG's state varies)
     bert = BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=cfg.model.text.hidden_size,
                                 num_hidden_layers=cfg.model.text.layers, num_attention_heads=cfg.model.text.heads,
                                 intermediate_size=cfg.model.text.intermediate_size, max_position_embeddings=64,
