@@ -233,7 +233,12 @@ def dry_run(cfg: TrainConfig) -> dict[str, Any]:
     model = UnimedCLIP(build_model(cfg.model, tokenizer.vocab_size, tokenizer.pad_id))
     towers = {name: sum(p.numel() for p in getattr(model.model, name).parameters())
               for name in ("visual", "text") if hasattr(model.model, name)}
-    batch = next(iter(build_loader(cfg.data, tokenizer).dataloader))
+    loader = build_loader(cfg.data, tokenizer).dataloader
+    try:
+        batch = next(iter(loader))
+    finally:  # the DALI server thread must not outlive the dry run (its C++ thread aborts a dying interpreter)
+        if loader.dali_server._is_thread_running():
+            loader.dali_server.stop_thread()
     shapes = {k: "x".join(map(str, v.shape)) + " " + str(v.dtype).replace("torch.", "") for k, v in batch.items()
               if isinstance(v, torch.Tensor)}
     return {
