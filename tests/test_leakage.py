@@ -4,7 +4,6 @@ and an evaluation set converted by ``ingest``; distinct real images are not pair
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +33,14 @@ def _variants(im: Image.Image) -> dict[str, Image.Image]:
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:  # the key is this module's, not the rest of the suite's
+        mp.setenv("UNIMED_UID_KEY", KEY)
+        yield _planted(tmp_path_factory)
+
+
+def _planted(tmp_path_factory):
     from unimed.ingest.convert import ConvertConfig, convert
 
-    os.environ["UNIMED_UID_KEY"] = KEY
     root = tmp_path_factory.mktemp("leak")
     images = _real_images()
     train_imgs, held_out = images[:-5], images[-5:]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,18 +142,16 @@ def _sheet(pairs: list[tuple[str, Prints, Prints, Pair]], path: str, limit: int 
 
 def _drop(train: str, out: str, remove: set[int]) -> int:
     """Write ``train`` without the samples ``remove`` into a new MDS folder ``out``; return the count kept."""
-    from streaming import MDSWriter
-
     from unimed.schema import COLUMNS
+    from unimed.shards import ShardWriter, read_index
     from unimed.streaming.shards import find_mds_dirs, iter_samples
 
     if os.path.exists(out) and os.listdir(out):
         raise UserError(f"--drop {out}: folder exists and is not empty; choose a new one")
-    with open(os.path.join(find_mds_dirs(train)[0], "index.json")) as fh:
-        first = (json.load(fh).get("shards") or [{}])[0]
+    first = (read_index(find_mds_dirs(train)[0])["shards"] or [{}])[0]
     kept = 0
-    with MDSWriter(out=out, columns=COLUMNS, compression=first.get("compression"), hashes=["xxh64"],
-                   size_limit=first.get("size_limit") or 1 << 26) as writer:
+    with ShardWriter(out, COLUMNS, compression=first.get("compression"), hashes=["xxh64"],
+                     size_limit=first.get("size_limit") or 1 << 26) as writer:
         for k, s in enumerate(iter_samples(train)):
             if k not in remove:
                 writer.write({c: s[c] for c in COLUMNS})

@@ -295,8 +295,8 @@ def iter_samples(folder: str) -> Iterator[dict[str, Any]]:
         offsets = np.frombuffer(raw, np.uint32, n + 1, 4)
         names, encodings = shard["column_names"], shard["column_encodings"]
         fixed = shard.get("column_sizes") or [None] * len(names)
-        if any(s is not None for s in fixed):
-            raise ValueError(f"{entry['basename']}: fixed-size columns are not read here")
+        if any(s is not None for s in fixed) or any(e not in ENCODINGS for e in encodings):
+            raise ValueError(f"{entry['basename']}: only {', '.join(ENCODINGS)} columns are read here")
         for i in range(n):
             lo, hi = int(offsets[i]), int(offsets[i + 1])
             sizes = np.frombuffer(raw, np.uint32, len(names), lo)
