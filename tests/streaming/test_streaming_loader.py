@@ -123,3 +123,21 @@ def test_reiterating_after_a_break_keeps_images_with_their_uids(mix, tokenizer_d
             break
     for batch in spec.dataloader:
         _check_batch(batch, cfg)
+
+
+def test_server_threads_stop_before_the_interpreter_exits(mix, tokenizer_dir):
+    """An unfinished epoch leaves the DALI server thread running; stop_servers (run at exit) ends it
+    at once, not after its 5-second queue read, so no thread is inside DALI when the interpreter
+    finalizes (which aborted the process after the job had finished)."""
+    from unimed.streaming.loader import stop_servers
+
+    spec = build_loader(_config(mix, tokenizer_dir, num_workers=0))
+    it = iter(spec.dataloader)
+    next(it)
+    server = spec.dataloader.dali_server
+    thread = server._thread
+    assert thread is not None and thread.is_alive()
+    stop_servers(timeout=2.0)
+    assert not thread.is_alive() and server._thread is None
+    del it, spec
+    _free()

@@ -14,9 +14,11 @@ context length; the context length itself with ``dynamic_padding`` off), ``modal
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +38,14 @@ from unimed.streaming.dataset import UnimedDataset
 from unimed.streaming.mixing import load_mix, parse_mix, to_streams
 from unimed.streaming.tokenizer import CaptionTokenizer, trim_padding
 
-__all__ = ["LoaderConfig", "UnimedDataLoader", "build_dataset", "build_loader", "num_samples_in_batch"]
+__all__ = [
+    "LoaderConfig",
+    "UnimedDataLoader",
+    "build_dataset",
+    "build_loader",
+    "num_samples_in_batch",
+    "stop_servers",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -117,17 +126,52 @@ def build_dataset(
     )
 
 
+_SERVERS: weakref.WeakSet = weakref.WeakSet()  # DALI servers whose thread a loader started
+
+
 def _serve(server: proxy.DALIServer) -> None:
-    """The DALI server thread; ends quietly when its input queue is closed (at interpreter exit)."""
+    """The DALI server thread; ends quietly when asked to stop or when its input queue is closed."""
+    event = server._thread_stop_event
     try:
         proxy.DALIServer._thread_fn(server)
     except (OSError, EOFError, ValueError) as err:  # multiprocessing closed the queue under us
         logger.debug("unimed.streaming: DALI server thread ended: %r", err)
+    except Exception as err:
+        if event is None or not event.is_set():
+            raise
+        # stop_servers' wake-up item (None) is not a batch: the stop it announces is the reason.
+        logger.debug("unimed.streaming: DALI server thread stopped: %r", err)
     finally:
         # Mark the server stopped, so that its __del__ (which may run in this very thread, once the
         # last reference goes) does not try to join the current thread.
         if server._thread is threading.current_thread():
             server._thread, server._thread_stop_event = None, None
+
+
+def stop_servers(timeout: float = 10.0) -> None:
+    """Stop and join every DALI server thread a loader started.
+
+    Runs at interpreter exit (registered below, so before multiprocessing closes its queues): a daemon
+    thread still inside DALI's C++ code when the interpreter finalizes is unwound through frames that
+    cannot unwind, and the process aborts ("terminate called without an active exception") after the
+    job itself has finished. A ``None`` put on the input queue wakes a thread waiting there at once,
+    instead of after its 5-second read timeout.
+    """
+    for server in list(_SERVERS):
+        thread, event = server._thread, server._thread_stop_event
+        if thread is None or event is None or thread is threading.current_thread():
+            continue
+        event.set()
+        try:
+            server._dali_input_q.put(None)
+        except (OSError, ValueError, AssertionError):  # the queue is closed already
+            pass
+        thread.join(timeout)
+        if thread.is_alive():
+            logger.warning("unimed.streaming: the DALI server thread did not stop within %.0f s", timeout)
+
+
+atexit.register(stop_servers)
 
 
 class _ProduceMixin:
@@ -192,6 +236,7 @@ class UnimedDataLoader(proxy.DataLoader):
             server._thread_stop_event = threading.Event()
             server._thread = threading.Thread(target=_serve, args=(server,), daemon=True)
             server._thread.start()
+            _SERVERS.add(server)
             self.server_started_by_loader = True
 
     def __del__(self) -> None:
