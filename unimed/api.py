@@ -132,13 +132,15 @@ class Model:
 
 
 def load(path: str | os.PathLike, config: str | None = None, tokenizer: str | None = None,
-         quick_gelu: bool | None = None, device: str | torch.device | None = None) -> Model:
+         quick_gelu: bool | None = None, device: str | torch.device | None = None, ema: bool = True) -> Model:
     """Load a checkpoint or an exported/foreign model folder (see :mod:`unimed.train.loading`).
 
     ``config``: a training YAML for a checkpoint that carries none; ``tokenizer``: the text tower's
     tokenizer folder for foreign checkpoints that carry none; ``quick_gelu``: the activation of a
-    foreign image tower that does not declare it (refused where the source declares the other one).
+    foreign image tower that does not declare it (refused where the source declares the other one);
+    ``ema``: a checkpoint of a run that kept a moving average of its weights gives the averaged weights,
+    unless False.
     """
     from unimed.train.loading import load_any
 
-    return Model(load_any(path, config, tokenizer, quick_gelu), device)
+    return Model(load_any(path, config, tokenizer, quick_gelu, ema=ema), device)

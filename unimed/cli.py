@@ -11,10 +11,16 @@ from unimed.errors import UserError
 __all__ = ["main"]
 
 
+def _ema_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-ema", dest="ema", action="store_false",
+                   help="the training weights, not the moving average a run with ema.enabled also saved")
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True,
                    help="Composer checkpoint (.pt or sharded folder), an exported folder, or another layout")
     p.add_argument("--config", help="training YAML, for a checkpoint without its bundled config")
+    _ema_arg(p)
     p.add_argument("--tokenizer", help="the text tower's tokenizer folder, for a foreign checkpoint without one")
     p.add_argument("--out", help="write <kind>.md and <kind>.json here")
     p.add_argument("--batch-size", type=int, default=64)
@@ -54,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--format", required=True, choices=["open_clip", "hf"])
     x.add_argument("--out", required=True)
     x.add_argument("--config", help="training YAML, for a checkpoint without its bundled config")
+    _ema_arg(x)
     i = sub.add_parser("import", help="read another project's checkpoint (open_clip, UniMed-CLIP, BiomedCLIP text)")
     i.add_argument("source", help="a checkpoint file or an open_clip model folder")
     i.add_argument("--out", required=True, help="the unimed folder to write (hf format; a BERT folder with --towers text)")
@@ -117,7 +124,7 @@ def _run(args: argparse.Namespace) -> None:
     common = {}
     if args.cmd == "eval":
         common = {"out": args.out, "batch_size": args.batch_size, "max_samples": args.max_samples,
-                  "config": args.config, "tokenizer": args.tokenizer}
+                  "config": args.config, "tokenizer": args.tokenizer, "ema": args.ema}
     if args.cmd == "demo":
         from unimed.demo import run_demo
 
@@ -137,7 +144,7 @@ def _run(args: argparse.Namespace) -> None:
     elif args.cmd == "export":
         from unimed.export import run_export
 
-        run_export(args.checkpoint, args.format, args.out, args.config)
+        run_export(args.checkpoint, args.format, args.out, args.config, ema=args.ema)
     elif args.cmd == "train":
         _train(args)
     elif args.cmd == "leakage":

@@ -148,13 +148,14 @@ def export_text_tower(source: str, out: str | os.PathLike, tokenizer: str | None
     return report
 
 
-def run_export(checkpoint: str, fmt: str, out: str, config: str | None = None) -> Path:
-    """``unimed export``: load ``checkpoint`` and write it in ``fmt``; print where and what."""
+def run_export(checkpoint: str, fmt: str, out: str, config: str | None = None, ema: bool = True) -> Path:
+    """``unimed export``: load ``checkpoint`` (its averaged weights, if it has them, unless ``ema`` is
+    False) and write it in ``fmt``; print where and what."""
     from unimed.train.loading import load_any
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: one of {FORMATS}")
-    loaded = load_any(checkpoint, config)
+    loaded = load_any(checkpoint, config, ema=ema)
     folder = export_open_clip(loaded, out) if fmt == "open_clip" else export_hf(loaded, out)
     n = sum(p.numel() for p in loaded.model.parameters())
     print(f"unimed export: {checkpoint} ({loaded.kind}) -> {folder} ({fmt}, {n / 1e6:.2f}M parameters)")

@@ -27,7 +27,8 @@ def test_fsdp2_two_processes_save_sharded_and_resume(demo_sets, tmp_path):
     env = {**os.environ, "FSDP_VERSION": "2", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     ckpt = tmp_path / "ckpt"
     common = tiny_overrides(demo_sets, **{"save_folder": str(ckpt), "save_interval": "2ba",
-                                          "loss_log": str(tmp_path / "loss.jsonl")})
+                                          "loss_log": str(tmp_path / "loss.jsonl"),
+                                          "ema.enabled": "true", "ema.decay": 0.5})
     first = _launch([*common, "max_duration=2ba"], env)
     assert first.returncode == 0, first.stderr[-3000:]
     shard = ckpt / "ep0-ba2"
@@ -37,6 +38,18 @@ def test_fsdp2_two_processes_save_sharded_and_resume(demo_sets, tmp_path):
     steps = [json.loads(line)["step"] for line in open(tmp_path / "loss.jsonl")]
     assert steps == [1, 2, 3, 4]  # the second run started at batch 3
     assert (ckpt / "ep0-ba4" / ".metadata").is_file()
+
+    # Each rank averaged its own shards; the sharded checkpoint gives back whole averaged tensors.
+    from unimed.train.checkpoint import read_model_state
+
+    averaged, plain = read_model_state(str(ckpt / "ep0-ba4")), read_model_state(str(ckpt / "ep0-ba4"), ema=False)
+    assert set(averaged) == set(plain)
+    assert all(averaged[k].shape == plain[k].shape for k in plain)
+    assert max(float((averaged[k].float() - plain[k].float()).abs().max()) for k in plain) > 1e-4
+    from unimed.train.checkpoint import read_checkpoint
+
+    entry = read_checkpoint(str(ckpt / "ep0-ba4"))[1]["state"]["callbacks"]["WeightEMA"]
+    assert entry["updates"] == 4  # the resumed run went on from the 2 updates of the first
 
     from unimed.train.evaluate import run_zeroshot
 

@@ -8,6 +8,7 @@ collective forwards of FSDP2 match) and logs ``zeroshot/<set>/top1`` (and AUC/F1
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -116,11 +117,15 @@ class ZeroShotEval(Callback):
         self.history: list[dict[str, Any]] = []
 
     def _evaluate(self, state: State, logger: Logger) -> None:
+        from unimed.train.ema import WeightEMA
         from unimed.train.evaluate import evaluate_sets
 
         step = int(state.timestamp.batch.value)
-        results = evaluate_sets(state.model.model, self.tokenizer, self.sets, self.image_size,
-                                self.batch_size, self.max_samples, self.prompts, transform=self.transform)
+        ema = next((cb for cb in state.callbacks if isinstance(cb, WeightEMA)), None)
+        # With the moving average on, the averaged weights are the ones evaluated (as after training).
+        with ema.applied(state.model.model) if ema is not None else contextlib.nullcontext():
+            results = evaluate_sets(state.model.model, self.tokenizer, self.sets, self.image_size,
+                                    self.batch_size, self.max_samples, self.prompts, transform=self.transform)
         metrics = {}
         for name, r in results.items():
             for key in ("top1", "balanced_top1", "auc", "f1", "mean_auc"):
@@ -151,7 +156,8 @@ def build_algorithms(cfg) -> list[Algorithm]:  # (TrainConfig) -> algorithms
 
 
 def build_callbacks(cfg, tokenizer, on_gpu: bool) -> list[Callback]:  # (TrainConfig, ...) -> callbacks
-    """SpeedMonitor (images/s, MFU), LRMonitor, MemoryMonitor (GPU), the loss log and zero-shot eval."""
+    """SpeedMonitor (images/s, MFU), LRMonitor, MemoryMonitor (GPU), the weight average (before anything
+    that reads the weights at the end of a batch), the loss log and zero-shot eval."""
     from composer.callbacks import LRMonitor, MemoryMonitor, SpeedMonitor
 
     from unimed.train.bundle import transform_for
@@ -162,6 +168,10 @@ def build_callbacks(cfg, tokenizer, on_gpu: bool) -> list[Callback]:  # (TrainCo
                                  UnimedBundle(cfg, tokenizer)]
     if on_gpu:
         callbacks.append(MemoryMonitor())
+    if cfg.ema.enabled:
+        from unimed.train.ema import WeightEMA
+
+        callbacks.append(WeightEMA(cfg.ema.decay))
     if cfg.loss_log:
         callbacks.append(LossLog(cfg.loss_log))
     z = cfg.zeroshot

@@ -247,9 +247,12 @@ def _read_sharded(folder: str, keys: tuple[str, ...] = ("state.model",)) -> dict
     return state
 
 
-def read_checkpoint(checkpoint: str, raw: Any = None) -> tuple[dict[str, torch.Tensor], Any]:
+def read_checkpoint(checkpoint: str, raw: Any = None, ema: bool = True) -> tuple[dict[str, torch.Tensor], Any]:
     """(the ``CLIPModel`` state dict, keys without Composer's ``model.``; the loaded checkpoint dict, whose
-    ``state.callbacks`` may hold a bundle). ``raw``: the file already loaded by :func:`safe_load`."""
+    ``state.callbacks`` may hold a bundle). ``raw``: the file already loaded by :func:`safe_load`.
+
+    A checkpoint of a run with ``ema.enabled`` gives its averaged weights (the training weights of
+    frozen parameters beside them) unless ``ema`` is False (see :mod:`unimed.train.ema`)."""
     if raw is None and os.path.isdir(checkpoint):
         if not (Path(checkpoint) / ".metadata").is_file():
             raise UserError(f"{checkpoint} is a folder without .metadata: not a sharded checkpoint")
@@ -270,12 +273,22 @@ def read_checkpoint(checkpoint: str, raw: Any = None) -> tuple[dict[str, torch.T
             out[k.removeprefix("model.")] = v
     if not out:
         raise UserError(f"{checkpoint}: no model weights found")
+    if ema:
+        from unimed.train.ema import ema_weights
+
+        averaged = ema_weights(raw)
+        unknown = sorted(set(averaged or ()) - set(out))
+        if unknown:
+            raise UserError(f"{checkpoint}: its weight average names {len(unknown)} parameters the model lacks "
+                            f"(e.g. {unknown[0]}): a damaged checkpoint; --no-ema reads the training weights")
+        for k, v in (averaged or {}).items():
+            out[k] = v.to(out[k].dtype)
     return out, raw
 
 
-def read_model_state(checkpoint: str) -> dict[str, torch.Tensor]:
+def read_model_state(checkpoint: str, ema: bool = True) -> dict[str, torch.Tensor]:
     """The ``CLIPModel`` state dict (keys without the Composer ``model.`` prefix) of any checkpoint kind."""
-    return read_checkpoint(checkpoint)[0]
+    return read_checkpoint(checkpoint, ema=ema)[0]
 
 
 def tokenizer_for(cfg):  # (TrainConfig) -> CaptionTokenizer
@@ -316,9 +329,10 @@ def check_tokenizer_matches(tokenizer, text_folder: str) -> None:
                         f"use the text tower's own tokenizer (data.tokenizer={text_folder} or unset)")
 
 
-def load_trained(checkpoint: str | None, config: str | None = None, cfg=None):
+def load_trained(checkpoint: str | None, config: str | None = None, cfg=None, ema: bool = True):
     """(CLIPModel in eval mode, TrainConfig or None, CaptionTokenizer); ``checkpoint`` None keeps the random
-    init of ``cfg``. A self-contained checkpoint needs no config (see :mod:`unimed.train.loading`)."""
+    init of ``cfg``. A self-contained checkpoint needs no config (see :mod:`unimed.train.loading`);
+    ``ema`` False reads the training weights of a run that also kept their moving average."""
     from unimed.train.weights import build_model
 
     if checkpoint:
@@ -331,9 +345,9 @@ def load_trained(checkpoint: str | None, config: str | None = None, cfg=None):
 
             with tempfile.TemporaryDirectory() as tmp:
                 save_config(cfg, os.path.join(tmp, "config.yaml"))
-                loaded = load_any(checkpoint, os.path.join(tmp, "config.yaml"))
+                loaded = load_any(checkpoint, os.path.join(tmp, "config.yaml"), ema=ema)
         else:
-            loaded = load_any(checkpoint, config)
+            loaded = load_any(checkpoint, config, ema=ema)
         return loaded.model, loaded.config, loaded.tokenizer
     tokenizer = tokenizer_for(cfg)
     torch.manual_seed(cfg.seed)

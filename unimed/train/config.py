@@ -20,7 +20,8 @@ from unimed.streaming.loader import LoaderConfig
 from unimed.train.model import ModelConfig
 
 __all__ = [
-    "LR_SCALING", "OptimizerConfig", "SchedulerConfig", "ZeroShotConfig", "FSDPConfig", "TrainConfig",
+    "LR_SCALING", "OptimizerConfig", "SchedulerConfig", "ZeroShotConfig", "FSDPConfig", "EMAConfig",
+    "TrainConfig",
     "load_config", "save_config", "config_from_dict", "config_path", "config_yaml", "packaged_configs", "YAML_DIR",
 ]
 
@@ -67,6 +68,14 @@ class ZeroShotConfig:
 
 
 @dataclass
+class EMAConfig:
+    """A moving average of the trainable weights, checkpointed and evaluated (see unimed.train.ema)."""
+
+    enabled: bool = False
+    decay: float = 0.999  # per optimizer step; the average's horizon is about 1 / (1 - decay) steps
+
+
+@dataclass
 class FSDPConfig:
     """FSDP2 through Composer; used when more than one process runs (or when ``enabled`` is True)."""
 
@@ -88,6 +97,7 @@ class TrainConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
     max_duration: str = "10ep"
     # Samples per optimizer step over all processes; each process then takes global_batch_size / world
     # size (an indivisible setting is an error). None: data.batch_size per process, whatever the world.
@@ -145,6 +155,8 @@ def _check(cfg: TrainConfig, where: str) -> None:
         raise UserError(f"{where}: global_batch_size {cfg.global_batch_size}: at least 1")
     if not _DURATION.match(str(cfg.max_duration)):
         raise UserError(f"{where}: max_duration {cfg.max_duration!r}: a number and a unit, e.g. 10ep or 5000ba")
+    if not 0.0 < cfg.ema.decay < 1.0:
+        raise UserError(f"{where}: ema.decay {cfg.ema.decay}: between 0 and 1 (e.g. 0.999)")
 
 
 #: The training YAMLs shipped inside the package (``train/yamls`` of the source tree links here).

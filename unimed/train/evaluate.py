@@ -190,21 +190,21 @@ def write_outputs(kind: str, table: str, results: dict[str, Any], out: str | Non
         Path(out, f"{kind}.json").write_text(json.dumps(_clean(results), indent=2))
 
 
-def _load(checkpoint: str, config: str | None, tokenizer: str | None = None):
+def _load(checkpoint: str, config: str | None, tokenizer: str | None = None, ema: bool = True):
     from unimed.api import load
 
-    return load(checkpoint, config=config, tokenizer=tokenizer)
+    return load(checkpoint, config=config, tokenizer=tokenizer, ema=ema)
 
 
 def run_zeroshot(
     checkpoint: str, data: str, prompts: str | None = None, out: str | None = None,
     sets: list[str] | None = None, batch_size: int = 64, max_samples: int | None = None,
-    config: str | None = None, tokenizer: str | None = None,
+    config: str | None = None, tokenizer: str | None = None, ema: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Zero-shot evaluation of a checkpoint on the sets under ``data``; the tables printed and written to ``out``."""
     found = discover_sets(data, sets)
     check_sets(found, max_samples)  # a label mistake is reported before the model is loaded
-    model = _load(checkpoint, config, tokenizer)
+    model = _load(checkpoint, config, tokenizer, ema)
     results = model.zeroshot(data, sets, prompts, batch_size, max_samples)
     write_outputs("zeroshot", render_markdown(results), results, out)
     return results
@@ -212,10 +212,10 @@ def run_zeroshot(
 
 def run_retrieval(checkpoint: str, data: str, out: str | None = None, batch_size: int = 64,
                   max_samples: int | None = None, config: str | None = None,
-                  tokenizer: str | None = None) -> dict[str, dict[str, Any]]:
+                  tokenizer: str | None = None, ema: bool = True) -> dict[str, dict[str, Any]]:
     """Image-text retrieval on each MDS folder under ``data``."""
     found = discover_sets(data)
-    model = _load(checkpoint, config, tokenizer)
+    model = _load(checkpoint, config, tokenizer, ema)
     results = {name: model.retrieval(folder, batch_size, max_samples) for name, folder in found}
     write_outputs("retrieval", render_retrieval(results), results, out)
     return results
@@ -223,13 +223,14 @@ def run_retrieval(checkpoint: str, data: str, out: str | None = None, batch_size
 
 def run_linear_probe(checkpoint: str, data: str, test: str | None = None, set_name: str | None = None,
                      out: str | None = None, seed: int = 0, batch_size: int = 64, max_samples: int | None = None,
-                     config: str | None = None, tokenizer: str | None = None) -> dict[str, dict[str, Any]]:
+                     config: str | None = None, tokenizer: str | None = None,
+                     ema: bool = True) -> dict[str, dict[str, Any]]:
     """A linear probe on the class-folder set ``data`` (tested on ``test``, else on a patient split)."""
     found = discover_sets(data)
     if len(found) != 1:
         raise UserError(f"{data}: the linear probe takes one MDS folder, found {len(found)}")
     name = set_name or found[0][0]
-    model = _load(checkpoint, config, tokenizer)
+    model = _load(checkpoint, config, tokenizer, ema)
     results = {name: model.linear_probe(found[0][1], test, name, seed, batch_size, max_samples)}
     write_outputs("linear_probe", render_probe(results), results, out)
     return results

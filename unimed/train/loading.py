@@ -79,13 +79,13 @@ def build_loaded(descriptor: dict, state: dict[str, torch.Tensor], tokenizer, so
     return Loaded(model.eval(), tokenizer, transform, descriptor, config, kind, report)
 
 
-def _composer(path: str, config: str | None, raw: Any = None) -> Loaded:
+def _composer(path: str, config: str | None, raw: Any = None, ema: bool = True) -> Loaded:
     """A Composer checkpoint (file or sharded folder), or the plain state dict ``export_path`` writes."""
     from unimed.train.bundle import bundle_from_state
     from unimed.train.checkpoint import find_config, read_checkpoint, tokenizer_for
     from unimed.train.config import config_from_dict, load_config
 
-    state, raw_bundle = read_checkpoint(path, raw)
+    state, raw_bundle = read_checkpoint(path, raw, ema=ema)
     bundle = bundle_from_state(raw_bundle) if raw_bundle is not None else None
     if bundle and not config:
         desc = bundle["descriptor"]
@@ -228,8 +228,9 @@ def _open_clip_folder(folder: Path, tokenizer, quick_gelu: bool | None) -> Loade
 
 
 def load_any(path: str | os.PathLike, config: str | None = None, tokenizer=None,
-             quick_gelu: bool | None = None) -> Loaded:
-    """Load any accepted source (see the module docstring) into a :class:`Loaded`."""
+             quick_gelu: bool | None = None, ema: bool = True) -> Loaded:
+    """Load any accepted source (see the module docstring) into a :class:`Loaded`; a Composer checkpoint
+    of a run with a weight average gives the averaged weights unless ``ema`` is False."""
     p = Path(path)
     source = os.fspath(path)
     if p.is_dir():
@@ -238,7 +239,7 @@ def load_any(path: str | os.PathLike, config: str | None = None, tokenizer=None,
         if (p / "config.json").is_file() and json.loads((p / "config.json").read_text()).get("unimed"):
             return _unimed_folder(p)
         if (p / ".metadata").is_file():
-            return _composer(source, config)
+            return _composer(source, config, ema=ema)
         raise UserError(f"{source}: not a checkpoint folder (no .metadata, open_clip_config.json or unimed "
                         "config.json)")
     if not p.is_file():
@@ -247,7 +248,7 @@ def load_any(path: str | os.PathLike, config: str | None = None, tokenizer=None,
     is_composer = isinstance(raw, dict) and isinstance(raw.get("state"), dict) and "model" in raw["state"]
     state = unwrap_state(raw)
     if is_composer or detect_layout(state, source) == "unimed":
-        return _composer(source, config, raw)
+        return _composer(source, config, raw, ema=ema)
     sidecar = p.parent / "open_clip_config.json"
     doc = json.loads(sidecar.read_text()) if sidecar.is_file() else None
     context = int(((doc or {}).get("model_cfg", {}).get("text_cfg", {}) or {}).get("context_length") or 256)

@@ -10,6 +10,7 @@ Composer saves with each checkpoint).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -206,13 +207,18 @@ def train(cfg: TrainConfig, extra_callbacks: list | None = None):  # -> composer
 
 
 def _full_state_dict(trainer) -> dict[str, torch.Tensor]:
-    """The unsharded model weights on CPU (gathered from every rank under FSDP2)."""
+    """The unsharded model weights on CPU (gathered from every rank under FSDP2); the moving average's
+    weights when ``ema.enabled`` (what evaluation reads from a checkpoint too)."""
+    from unimed.train.ema import WeightEMA
+
     model = trainer.state.model
+    ema = next((cb for cb in trainer.state.callbacks if isinstance(cb, WeightEMA)), None)
     out = {}
-    for k, v in model.state_dict().items():
-        if hasattr(v, "full_tensor"):
-            v = v.full_tensor()
-        out[k] = v.detach().cpu()
+    with ema.applied(model.model) if ema is not None else contextlib.nullcontext():
+        for k, v in model.state_dict().items():
+            if hasattr(v, "full_tensor"):
+                v = v.full_tensor()
+            out[k] = v.detach().cpu().clone()
     return out
 
 
