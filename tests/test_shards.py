@@ -25,6 +25,8 @@ def _samples(n: int, seed: int = 0) -> list[dict]:
             "labels": [] if i % 3 else ["nodule", "effusion"],
             "source": "local",
             "uid": f"{rng.getrandbits(128):032x}",
+            "patient": "" if i % 4 == 0 else f"{rng.getrandbits(128):032x}",
+            "study": f"{rng.getrandbits(128):032x}",
             "meta": {"codec": "jpeg", "window": [40.0, 400.0], "spacing": [0.7, 0.7], "n": i, "none": None},
         })
     return out

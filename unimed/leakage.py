@@ -141,20 +141,25 @@ def _sheet(pairs: list[tuple[str, Prints, Prints, Pair]], path: str, limit: int 
 
 
 def _drop(train: str, out: str, remove: set[int]) -> int:
-    """Write ``train`` without the samples ``remove`` into a new MDS folder ``out``; return the count kept."""
-    from unimed.schema import COLUMNS
+    """Write ``train`` without the samples ``remove`` into a new MDS folder ``out``; return the count kept.
+
+    The cleaned set keeps the columns of ``train``: one converted before a column was added stays without it.
+    """
+    from unimed.schema import shard_columns
     from unimed.shards import ShardWriter, read_index
     from unimed.streaming.shards import find_mds_dirs, iter_samples
 
     if os.path.exists(out) and os.listdir(out):
         raise UserError(f"--drop {out}: folder exists and is not empty; choose a new one")
-    first = (read_index(find_mds_dirs(train)[0])["shards"] or [{}])[0]
+    shards = [s for d in find_mds_dirs(train) for s in read_index(d)["shards"]]
+    first = (shards or [{}])[0]
+    columns = shard_columns(shards)
     kept = 0
-    with ShardWriter(out, COLUMNS, compression=first.get("compression"), hashes=["xxh64"],
+    with ShardWriter(out, columns, compression=first.get("compression"), hashes=["xxh64"],
                      size_limit=first.get("size_limit") or 1 << 26) as writer:
         for k, s in enumerate(iter_samples(train)):
             if k not in remove:
-                writer.write({c: s[c] for c in COLUMNS})
+                writer.write({c: s[c] for c in columns})
                 kept += 1
     return kept
 

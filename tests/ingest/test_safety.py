@@ -32,13 +32,15 @@ FILE_NAMES = ["IM0001.dcm", "SMITH_JANE_19230405.dcm", "IM0003.dcm", "KOWALSKI_M
 HEADER = {
     "PatientName": "O'BRIEN^MRN4455",
     "PatientID": 'PID"QUOTED"7731',
+    "IssuerOfPatientID": "MERCY_ISSUER_5521",
+    "StudyInstanceUID": "1.2.826.0.1.3680043.9.7731.4455",
     "InstitutionName": "St. Mary's \\ Backslash Infirmary",
     "StudyDescription": "Study for O'BRIEN MRN4455",
 }
 NON_CODED_MODALITY = "OBRIEN SCAN"
 LONG_NEEDLES = ["DOE_JOHN", "MRN12345", "2024-03-01", "IM0001", "IM0003", "SMITH_JANE", "19230405", "KOWALSKI",
                 "778899", "O'BRIEN", "BRIEN MRN4455", "MRN4455", "QUOTED", "7731", "Backslash", "St. Mary",
-                NON_CODED_MODALITY, "OBRIENSCAN"]
+                NON_CODED_MODALITY, "OBRIENSCAN", "MERCY_ISSUER", "5521", HEADER["StudyInstanceUID"]]
 SHORT_NEEDLES = ["doe", "john", "smith", "jane", "brien", "mary", "kowalski"]
 
 
@@ -118,6 +120,11 @@ def test_no_path_name_or_free_text_reaches_the_dataset(tmp_path, helpers, capfd,
         assert "not a coded value" in by_name[FILE_NAMES[2]]
     assert (tmp_path / "out.report" / "README.txt").is_file()
     assert not any(p.name == "rejects.jsonl" and "path" in p.read_text() for p in out.rglob("*.jsonl"))
+    # The planted PatientID, issuer and study reach the samples as keyed hashes only, and so the splits.
+    assert len({s["patient"] for s in samples}) == 1 and len(samples[0]["patient"]) == 32
+    assert len({s["study"] for s in samples}) == 1 and len(samples[0]["study"]) == 32
+    assert cli.main(["split", str(out), "--out", str(tmp_path / "splits"), "--fractions", "0.5,0.5"]) == 0
+    _assert_clean(_dataset_bytes(tmp_path / "splits"), "".join(capfd.readouterr()), root)
 
 
 def test_safe_reason_keeps_only_allow_listed_words():

@@ -4,13 +4,17 @@ Nothing from a DICOM header reaches a shard, a caption, ``summary.json``, ``reje
 unless it is read through :func:`allowed_meta` (or one of the structural attributes that decide how
 pixels are decoded, which are not identifying). Private tags are never read. ``uid`` is a keyed hash
 (HMAC-SHA256) of the image's identity, so it is stable across runs with the same key and cannot be
-linked back to a UID without the key.
+linked back to a UID without the key. ``patient`` and ``study`` are keyed hashes under the same key of
+PatientID with IssuerOfPatientID and of StudyInstanceUID (:func:`subject`, :func:`keyed_patient`,
+:func:`keyed_study`): the values themselves go nowhere, and each hash message carries its own prefix,
+so a patient or study key never equals a uid.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import re
 import secrets
@@ -28,7 +32,10 @@ __all__ = [
     "check_burned_in",
     "load_uid_key",
     "keyed_uid",
+    "keyed_patient",
+    "keyed_study",
     "reject_uid",
+    "subject",
     "coded_modality",
 ]
 
@@ -242,3 +249,40 @@ def keyed_uid(key: bytes, identity: str) -> str:
 def reject_uid(key: bytes, path: str) -> str:
     """The keyed uid by which the dataset names a rejected input (its path stays in the report)."""
     return keyed_uid(key, "input:" + path)
+
+
+#: Message prefixes of the patient and study hashes. A uid's message starts with a source's name
+#: (``dicom:``, ``nifti:``, ``input:``, ...) and never with these, so the three kinds never coincide.
+_PATIENT_DOMAIN = "unimed-patient\x00"
+_STUDY_DOMAIN = "unimed-study\x00"
+
+
+def _text(value: Any) -> str:
+    """A header value as one string (values of a multi-valued one joined by ``\\``), padding stripped."""
+    if value is None:
+        return ""
+    if not isinstance(value, str | bytes) and hasattr(value, "__iter__"):
+        value = "\\".join(str(v) for v in value)
+    return str(value).strip(" \x00")
+
+
+def subject(ds: Any) -> tuple[str, str]:
+    """(patient, study) of a DICOM header as the messages :func:`keyed_patient` and :func:`keyed_study` hash.
+
+    The patient is PatientID within its IssuerOfPatientID (one ID may name two people at two issuers);
+    ``""`` where the header has no PatientID, or no StudyInstanceUID. Raw values: they are handed to the
+    writer in memory and hashed there, never stored, logged or put in a reason.
+    """
+    patient_id = _text(ds.get("PatientID"))
+    patient = json.dumps([_text(ds.get("IssuerOfPatientID")), patient_id]) if patient_id else ""
+    return patient, _text(ds.get("StudyInstanceUID"))
+
+
+def keyed_patient(key: bytes, patient: str) -> str:
+    """The 32-hex-digit keyed hash of a patient from :func:`subject` (``""`` for an unknown patient)."""
+    return keyed_uid(key, _PATIENT_DOMAIN + patient) if patient else ""
+
+
+def keyed_study(key: bytes, study: str) -> str:
+    """The 32-hex-digit keyed hash of a StudyInstanceUID (``""`` for an unknown study)."""
+    return keyed_uid(key, _STUDY_DOMAIN + study) if study else ""

@@ -33,9 +33,12 @@ _TAGS: dict[int, tuple[str, str]] = {
     0x00080016: ("SOPClassUID", "UI"),
     0x00080018: ("SOPInstanceUID", "UI"),
     0x00080060: ("Modality", "CS"),
+    0x00100020: ("PatientID", "LO"),  # with its issuer and the study: keyed hashes only (deid.subject)
+    0x00100021: ("IssuerOfPatientID", "LO"),
     0x00180015: ("BodyPartExamined", "CS"),
     0x00180050: ("SliceThickness", "DS"),
     0x00185101: ("ViewPosition", "CS"),
+    0x0020000D: ("StudyInstanceUID", "UI"),
     0x0020000E: ("SeriesInstanceUID", "UI"),
     0x00200013: ("InstanceNumber", "IS"),
     0x00200032: ("ImagePositionPatient", "DS"),

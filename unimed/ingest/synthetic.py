@@ -29,8 +29,11 @@ def phantom_slice(size: int, k: int, n: int, rng: np.random.Generator) -> np.nda
 
 
 def write_ct_slice(path: str | Path, hu: np.ndarray, study: str | None = None, series: str | None = None,
-                   index: int = 0) -> Path:
-    """Write one uncompressed CT slice (int16 HU, rescale 1/0, slice ``index`` of a series) with pydicom."""
+                   index: int = 0, patient_id: str = "SYN0001", issuer: str | None = None) -> Path:
+    """Write one uncompressed CT slice (int16 HU, rescale 1/0, slice ``index`` of a series) with pydicom.
+
+    ``patient_id`` and ``issuer`` (IssuerOfPatientID, left out when None) name the patient.
+    """
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -44,7 +47,9 @@ def write_ct_slice(path: str | Path, hu: np.ndarray, study: str | None = None, s
     ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study or generate_uid(), series or generate_uid()
     ds.Modality = "CT"
-    ds.PatientName, ds.PatientID = "Synthetic^Phantom", "SYN0001"
+    ds.PatientName, ds.PatientID = "Synthetic^Phantom", patient_id
+    if issuer is not None:
+        ds.IssuerOfPatientID = issuer
     ds.BodyPartExamined = "CHEST"
     ds.InstanceNumber = index + 1
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
@@ -64,14 +69,20 @@ def write_ct_slice(path: str | Path, hu: np.ndarray, study: str | None = None, s
     return path
 
 
-def write_ct_series(folder: str | Path, n: int, size: int = 512, seed: int = 0) -> list[Path]:
-    """Write an uncompressed CT series of ``n`` slices (int16, rescale intercept 0) with pydicom."""
+def write_ct_series(folder: str | Path, n: int, size: int = 512, seed: int = 0, patient_id: str = "SYN0001",
+                    issuer: str | None = None, study: str | None = None, names: str = "slice{k:05d}.dcm") -> list[Path]:
+    """Write an uncompressed CT series of ``n`` slices (int16, rescale intercept 0) with pydicom.
+
+    The series belongs to ``patient_id`` (at ``issuer``) and to ``study`` (a new StudyInstanceUID when
+    None); slice ``k`` is written as ``names.format(k=k)`` (archives name them ``IM{k:04d}.dcm`` and the like).
+    """
     from pydicom.uid import generate_uid
 
     folder = Path(folder)
     rng = np.random.default_rng(seed)
-    study, series = generate_uid(), generate_uid()
-    return [write_ct_slice(folder / f"slice{k:05d}.dcm", phantom_slice(size, k, n, rng), study, series, k)
+    study, series = study or generate_uid(), generate_uid()
+    return [write_ct_slice(folder / names.format(k=k), phantom_slice(size, k, n, rng), study, series, k,
+                           patient_id, issuer)
             for k in range(n)]
 
 

@@ -104,6 +104,8 @@ def _write_modality(out_dir: str, modality: str, count: int, spec: SyntheticSpec
                     "labels": [finding],
                     "source": "synthetic",
                     "uid": f"syn-{modality}-{spec.seed}-{i:07d}",
+                    "patient": "",  # synthetic images belong to no patient
+                    "study": "",
                     "meta": {
                         "codec": codec,
                         "bit_depth": depth,

@@ -61,6 +61,8 @@ class Item:
     ``key`` identifies the image within its source (e.g. a SOP Instance UID and frame, a file hash
     and slice); the writer turns it into the keyed-hash ``uid``. ``meta`` holds allow-listed facts only.
     ``texts`` are captions from free text (a manifest caption, a report), already cleaned and scrubbed.
+    ``patient`` and ``study`` are the raw messages of :func:`unimed.ingest.deid.subject` (``""`` where the
+    input names no patient or study); the writer stores only their keyed hashes.
     """
 
     pixels: np.ndarray
@@ -70,6 +72,8 @@ class Item:
     texts: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     anatomy: str | None = None
+    patient: str = ""
+    study: str = ""
 
 
 @dataclass

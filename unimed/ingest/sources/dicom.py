@@ -358,6 +358,7 @@ class DicomSource(Source):
                     raise RejectError(f"cannot decode pixel data ({safe_reason(exc)})") from None
         modality = task.extra.get("modality") or _modality(ds, opts)
         base_meta = deid.allowed_meta(ds)
+        patient, study = deid.subject(ds)
         sop = task.extra.get("sop")
         identity = f"dicom:{sop}" if sop else "dicom-bytes:" + hashlib.sha1(Path(path).read_bytes()).hexdigest()
         frames = task.extra.get("frames", 1)
@@ -394,6 +395,8 @@ class DicomSource(Source):
                     key=f"{identity}:{i}",
                     meta=meta,
                     anatomy=base_meta.get("body_part"),
+                    patient=patient,
+                    study=study,
                 )
         except RejectError:
             raise

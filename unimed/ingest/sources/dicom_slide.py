@@ -22,7 +22,7 @@ __all__ = ["plan", "iter_items", "DicomSlide"]
 
 _TAGS = ["SOPClassUID", "SOPInstanceUID", "Modality", "ImageType", "BurnedInAnnotation", "Rows", "Columns",
          "NumberOfFrames", "TotalPixelMatrixColumns", "TotalPixelMatrixRows", "DimensionOrganizationType",
-         "SharedFunctionalGroupsSequence"]
+         "SharedFunctionalGroupsSequence", "PatientID", "IssuerOfPatientID", "StudyInstanceUID"]
 
 
 def _header(path: str | Path):  # noqa: ANN202 - a pydicom Dataset
@@ -60,6 +60,7 @@ def plan(path: Path, opts: Options) -> Task:
         "tile": (int(ds.Columns), int(ds.Rows)),
         "frames": int(ds.get("NumberOfFrames") or 1),
         "mpp": _mpp(ds),
+        "subject": deid.subject(ds),  # raw; the writer keeps only the keyed hashes
     }
     return Task("slide", [str(path)], weight=min(path.stat().st_size, 1 << 30), extra=extra)
 
@@ -87,8 +88,11 @@ def iter_items(task: Task, opts: Options, modality: str) -> Iterator[Item]:
     ex = task.extra
     reader = DicomSlide(task.paths[0], tuple(ex["size"]), tuple(ex["tile"]), ex["frames"])
     identity = f"dicom-slide:{ex['sop'] or task.paths[0]}"
+    patient, study = ex.get("subject") or ("", "")
     try:
-        yield from tile_items(reader, reader.sizes, ex["mpp"], identity, modality, opts)
+        for item in tile_items(reader, reader.sizes, ex["mpp"], identity, modality, opts):
+            item.patient, item.study = patient, study
+            yield item
     except RejectError:
         raise
     except Exception as exc:
