@@ -20,7 +20,7 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
-BENCHES := ingest loader loss train leakage scrub eval
+BENCHES := ingest ingest_ray loader loss train leakage scrub eval
 
 bench: install  # every stage's benchmark, full sizes; `make bench QUICK=--quick` for the minute-long sizes
 	@set -e; for b in $(BENCHES); do \

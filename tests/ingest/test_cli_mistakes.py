@@ -58,7 +58,7 @@ def test_verify_and_inspect_on_a_run_that_converted_nothing(converted_nothing, c
         assert err.count("\n") == 1 and "holds no samples" in err
 
 
-@pytest.mark.parametrize("out", ["a-file", "s3://bucket/prefix"])
+@pytest.mark.parametrize("out", ["a-file", "s3://", "gs://bucket/prefix"])  # s3: tests/test_object_storage.py
 def test_out_must_be_a_local_folder(tmp_path, capsys, monkeypatch, out):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a-file").write_text("x")
@@ -69,3 +69,14 @@ def test_out_must_be_a_local_folder(tmp_path, capsys, monkeypatch, out):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--out" in err
     assert not (tmp_path / "s3:").exists()
+
+
+def test_a_split_job_into_one_s3_prefix_is_refused(tmp_path, capsys):
+    """Each part would publish an index of its own part over the same prefix: refused before any work."""
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(pydicom_dir() / "CT_small.dcm", src)
+    rc = cli.main(["convert", str(src), "--out", "s3://bucket/prefix", "--num-shards", "2", "--shard-index", "0",
+                   "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "--num-shards with an s3:// --out" in err

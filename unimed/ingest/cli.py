@@ -1,4 +1,4 @@
-"""The ``ingest`` command: convert, verify, inspect, merge, captions, tokenizer.
+"""The ``ingest`` command: convert, verify, inspect, merge, split, captions, tokenizer.
 
 Thin: each subcommand parses flags, builds a config and calls one library function. A
 :class:`~unimed.errors.UserError` is printed as one line and exits 2; tracebacks are for bugs.
@@ -39,9 +39,14 @@ def _convert_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert DICOM, NIfTI and images into MDS shards")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders (recursive) or globs")
     p.add_argument("--out", required=True,
-                   help="dataset folder (MDS shards, index.json, summary.json, rejects.jsonl by uid); names no input path")
+                   help="dataset folder (MDS shards, index.json, summary.json, rejects.jsonl by uid); names no input "
+                        "path; or s3://BUCKET/PREFIX (staged locally, uploaded chunk by chunk, index.json last)")
     p.add_argument("--report", metavar="DIR",
-                   help="operator's report folder, outside --out: rejected inputs with their paths (default OUT.report)")
+                   help="operator's report folder, outside --out: rejected inputs with their paths (default OUT.report; "
+                        "for an s3:// --out STAGING.report, never uploaded)")
+    p.add_argument("--staging", metavar="DIR",
+                   help="s3:// --out: the local folder chunks are written to before upload, and the resume state "
+                        "(default: under $UNIMED_CACHE_DIR or ~/.cache/unimed)")
     p.add_argument("--show-paths", action="store_true",
                    help="print rejected inputs by path on stderr (default: by uid; paths may carry patient names)")
     p.add_argument("--modality", default="auto",
@@ -54,7 +59,15 @@ def _convert_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text", default="scrub", choices=["scrub", "findings"],
                    help="free text (reports, manifest captions): scrub removes PHI (default); findings keeps only "
                         "sentences made of clinical vocabulary")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes (default 1); with --engine ray, chunks are cut for this many tasks "
+                        "or the cluster's CPUs, whichever is more")
+    p.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: worker processes on this machine (default); ray: one Ray task per chunk, "
+                        "on a cluster sharing the inputs' and --out's file system (pip install 'unimed[ray]')")
+    p.add_argument("--address", metavar="ADDR",
+                   help="--engine ray: the cluster to join (auto, or HOST:PORT of `ray start --head`; "
+                        "default: $RAY_ADDRESS, else the one `ray start` began here, else a new one here)")
     p.add_argument("--codec", default="jpeg", choices=["jpeg", "png"])
     p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
     p.add_argument("--max-size", dest="max_side", type=int, default=512,
@@ -136,6 +149,35 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_split(args: argparse.Namespace) -> int:
+    from unimed.ingest.split import SplitConfig, report_lines, split
+
+    report = split(SplitConfig(folder=args.dir, by=args.by, fractions=args.fractions, seed=args.seed,
+                               out=args.out, names=args.names))
+    print("\n".join(report_lines(report)))
+    return 0
+
+
+def _split_parser(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser(
+        "split", help="train/val/test folders with no patient (or study) in two of them",
+        description="Write one MDS folder per split (OUT/train, OUT/val, OUT/test, each with summary.json; "
+                    "OUT/split.json) so that no patient (--by patient) or study (--by study) is in two splits. "
+                    "A group's split comes from a hash of its keyed patient or study key and --seed: the same "
+                    "seed gives the same split, and a patient keeps its split when data is added. The fractions "
+                    "hold in expectation; the achieved ones, in samples and in patients, are printed. A sample "
+                    "without a key (PNG/JPEG folders, NIfTI volumes, DICOM without PatientID) is a group of its "
+                    "own. Folders converted before patient keys were stored must be re-converted.")
+    s.add_argument("dir", help="a folder written by `ingest convert`")
+    s.add_argument("--by", default="patient", choices=["patient", "study"],
+                   help="the key no two splits may share (default patient)")
+    s.add_argument("--fractions", default="0.8,0.1,0.1", help="one per split, summing to 1 (default 0.8,0.1,0.1)")
+    s.add_argument("--seed", type=int, default=0, help="another seed, another draw (default 0)")
+    s.add_argument("--out", metavar="OUTDIR", help="folder of the splits, outside DIR (default DIR.split beside DIR)")
+    s.add_argument("--names", help="split folder names, one per fraction (default train,val,test; train,test for two)")
+    s.set_defaults(func=_cmd_split)
+
+
 def _cmd_tokenizer(args: argparse.Namespace) -> int:
     from unimed.ingest.reader import read_index
     from unimed.streaming.tokenizer import train_tokenizer
@@ -191,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("dir")
     m.add_argument("--report", metavar="DIR", help="report folder whose parts to gather (default DIR.report)")
     m.set_defaults(func=_cmd_merge)
+    _split_parser(sub)
     c = sub.add_parser("captions", help="preview the captions a label table turns into; list classes with no bank entry")
     c.add_argument("--labels", required=True, metavar="CSV", help="label table (as for convert --labels)")
     c.add_argument("--bank", action="append", default=[], metavar="BANK.yaml",

@@ -4,11 +4,14 @@ The job is deterministic: the same inputs and options give the same tasks in the
 killed run restarted with ``--resume`` redoes only the chunks that never completed and ends with the
 same samples as an uninterrupted run. ``--num-shards K --shard-index I`` gives machine I the I-th
 contiguous part of the task list; its chunk folders are named ``pIII-cNNNNN`` so parts from several
-machines can be copied into one folder and merged with ``ingest merge``.
+machines can be copied into one folder and merged with ``ingest merge``. Every engine (one process, a
+pool of worker processes, Ray tasks with ``--engine ray``) runs the same chunks through one step,
+:func:`convert_chunk`, and ends with the same merge.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import glob
 import hashlib
@@ -20,7 +23,7 @@ import shutil
 import stat
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,19 +39,23 @@ from unimed.ingest.lifecycle import (
     disk_errors,
     run_lock,
 )
-from unimed.ingest.merge import STATE_DIR, done_chunks, merge, write_summary
+from unimed.ingest.merge import STATE_DIR, chunk_stats, done_chunks, merge, write_summary
 from unimed.ingest.progress import Batcher, progress_bar, reject_line, tick
 from unimed.ingest.sources.base import Options, Task, registry
 from unimed.ingest.writer import PARTS_DIR, ChunkSpec, WriteOptions, process_chunk, write_jsonl
+from unimed.remote import Store, is_remote
 from unimed.schema import MODALITIES
 
-__all__ = ["ConvertConfig", "convert", "discover", "plan", "merge", "DEFAULT_SOURCE", "TEXT_MODES"]
+__all__ = ["ConvertConfig", "convert", "convert_chunk", "discover", "plan", "merge", "DEFAULT_SOURCE", "TEXT_MODES",
+           "ENGINES"]
 
 #: ``source`` of every sample when ``--source`` is not given: neutral, never derived from a path.
 DEFAULT_SOURCE = "local"
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,47}$")
 #: ``--text``: scrub PHI from free text (default), or keep only clinical-vocabulary sentences.
 TEXT_MODES = ("scrub", "findings")
+#: ``--engine``: worker processes on this machine, or Ray tasks on a cluster (the ``ray`` extra).
+ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -63,9 +70,12 @@ class ConvertConfig:
     captions: list[str] = field(default_factory=list)
     source_name: str | None = None
     report: str | None = None
+    staging: str | None = None  # local staging folder of an s3:// --out (default: under the cache root)
     show_paths: bool = False
     text: str = "scrub"
     workers: int = 1
+    engine: str = "local"
+    address: str | None = None
     codec: str = "jpeg"
     quality: int = 90
     max_side: int = 512
@@ -90,10 +100,11 @@ class ConvertConfig:
 
     def check(self) -> None:
         """Raise UserError for contradictory or impossible options."""
-        if "://" in self.out:
-            raise UserError(f"--out {self.out}: object storage is not written to yet; convert into a local "
-                            "folder, then copy it (e.g. aws s3 sync)")
-        if os.path.exists(self.out) and not os.path.isdir(self.out):
+        if is_remote(self.out):
+            Store(self.out, "--out")  # the URL's form (s3://BUCKET/PREFIX); the bucket is checked by convert
+        elif self.staging is not None:
+            raise UserError("--staging is the local folder of an s3:// --out; drop it for a local --out")
+        if not is_remote(self.out) and os.path.exists(self.out) and not os.path.isdir(self.out):
             raise UserError(f"--out {self.out}: is a file; give a folder")
         if self.modality != "auto" and self.modality not in MODALITIES:
             raise UserError(f"--modality {self.modality}: use auto or one of {', '.join(MODALITIES)}")
@@ -105,16 +116,28 @@ class ConvertConfig:
             raise UserError(f"--quality {self.quality}: use 1..100")
         if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
             raise UserError(f"--shard-index {self.shard_index} must lie in 0..{self.num_shards - 1}")
+        if self.num_shards > 1 and is_remote(self.out):
+            # Each part would publish an index.json of its own part over the one prefix.
+            raise UserError("--num-shards with an s3:// --out: write each part to a shared folder, `ingest merge` "
+                            "them, then convert or copy the merged folder to the bucket (or use --engine ray)")
         if self.tile_size < 16 or self.mpp <= 0 or not 0 <= self.min_tissue <= 1 or self.max_tiles < 0:
             raise UserError("slides: --tile-size >= 16, --mpp > 0, --min-tissue in 0..1, --max-tiles >= 0")
         if self.workers < 1:
             raise UserError("--workers must be at least 1")
+        if self.engine not in ENGINES:
+            raise UserError(f"--engine {self.engine}: use {' or '.join(ENGINES)}")
+        if self.address is not None and self.engine != "ray":
+            raise UserError("--address is the Ray cluster of --engine ray; add --engine ray or drop --address")
+        if self.engine == "ray":
+            from unimed.ingest.ray_engine import need_ray
+
+            need_ray()  # before any folder is made: one line naming the extra when Ray is missing
         if self.source_name is not None and not SOURCE_NAME.match(self.source_name):
             raise UserError(f"--source {self.source_name!r}: a short name (letters, digits, . _ -; at most 48), "
                             "e.g. the dataset's public name; it is stored in every sample")
         if self.text not in TEXT_MODES:
             raise UserError(f"--text {self.text}: use {' or '.join(TEXT_MODES)}")
-        check_report_dir(self.report_dir, self.out)
+        check_report_dir(self.report_dir, self.local_out)
         from unimed.shards import check_compression, parse_size
 
         try:
@@ -135,7 +158,16 @@ class ConvertConfig:
     @property
     def report_dir(self) -> str:
         """The operator's report folder (paths of rejected inputs), outside the dataset folder."""
-        return self.report or default_report_dir(self.out)
+        return self.report or default_report_dir(self.local_out)
+
+    @property
+    def local_out(self) -> str:
+        """The folder the chunks are written to: ``out``, or for an s3:// ``out`` its staging folder."""
+        if not is_remote(self.out):
+            return self.out
+        from unimed.ingest.publish import staging_dir
+
+        return staging_dir(self.out, self.staging)
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -300,7 +332,8 @@ def _legacy_sizes(tasks: list[Task], chunk_mb: float, max_tasks: int = 4096) -> 
 
 def _fingerprint(cfg: ConvertConfig, tasks: list[Task]) -> str:
     keep = {k: v for k, v in asdict(cfg).items()
-            if k not in ("workers", "resume", "strict", "progress", "out", "report", "show_paths")}
+            if k not in ("workers", "engine", "address", "resume", "strict", "progress", "out", "report",
+                         "show_paths", "staging")}
     h = hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode())
     for t in tasks:
         h.update(f"{t.paths}|{t.extra.get('alternates')}|{t.weight}\n".encode("utf-8", "surrogateescape"))
@@ -326,6 +359,32 @@ def quiet_libraries() -> None:
     # pydicom itself is imported only where a file needs it (the fast header reader does not), and
     # told then not to validate values (unimed.ingest.sources.dicom.dcmread).
 
+
+def convert_chunk(out: str, spec: ChunkSpec, opts: Options, wopts: WriteOptions, key: bytes,
+                  report: Any = None, report_dir: str | None = None) -> dict:
+    """Convert one chunk into ``<out>/<chunk>/`` and return its stats: the step every engine runs.
+
+    It may run again for the same chunk (Ray retries a task whose worker died, perhaps after the
+    chunk was finished): a complete chunk folder is kept, and ``report`` hears its inputs and rejects
+    as if they were converted now; anything else under the chunk's name is written anew.
+    """
+    stats = chunk_stats(os.path.join(out, spec.name))
+    if stats is None:
+        shutil.rmtree(os.path.join(out, spec.name), ignore_errors=True)  # never a finished chunk
+        return process_chunk(out, spec, opts, wopts, key, report=report, report_dir=report_dir)
+    if report is not None:
+        parts = os.path.join(report_dir or "", PARTS_DIR, f"{spec.name}.jsonl")
+        if report_dir and os.path.isfile(parts):
+            with open(parts) as fh:
+                rows = [json.loads(line) for line in fh if line.strip()]
+        else:
+            rows = [{**r, "path": r["uid"]} for r in stats["rejects"]]
+        report(stats["images"], rows)
+        for _ in range(len(spec.tasks) - 1):
+            report(0, [])
+    return stats
+
+
 _QUEUE: Any = None
 
 
@@ -344,7 +403,7 @@ def _run_chunk(args: tuple) -> dict:
     i, out, spec, opts, wopts, key, report_dir = args
     batch = Batcher(_QUEUE.put)
     try:
-        return process_chunk(out, spec, opts, wopts, key, report=batch, report_dir=report_dir)
+        return convert_chunk(out, spec, opts, wopts, key, report=batch, report_dir=report_dir)
     finally:
         batch.flush()
         _QUEUE.put(("done", i))
@@ -375,33 +434,53 @@ def convert(cfg: ConvertConfig, echo: Any = print) -> dict:
 
     CaptionEngine(wopts.banks)  # a broken bank is a UserError now, not a reject per image later
     key = load_uid_key(cfg.uid_key_file)
+    publisher = None
+    if is_remote(cfg.out):  # written into a local staging folder, uploaded chunk by chunk, index last
+        from unimed.ingest.publish import Publisher
+
+        publisher = Publisher(cfg.out, cfg.local_out)
+        publisher.preflight(cfg.resume)
+        cfg = replace(cfg, out=cfg.local_out, report=cfg.report_dir, staging=None)
     out = cfg.out
     if os.path.isdir(out) and os.listdir(out) and not cfg.resume:
         raise UserError(f"{out} is not empty: pass --resume to continue an interrupted run, or choose a new --out")
     if cfg.window not in ("auto", "file") and cfg.modality == "auto":
         echo(f"note: --window {cfg.window} applies to CT images only; other images keep their own windowing")
-    with disk_errors(out), run_lock(os.path.join(out, STATE_DIR), out):
+    cluster = None
+    if cfg.engine == "ray":  # joined before any folder is made: a cluster not found leaves nothing behind
+        from unimed.ingest.ray_engine import RayEngine
+
+        cluster = RayEngine(cfg.address)
+    with contextlib.closing(cluster) if cluster else contextlib.nullcontext(), disk_errors(out), \
+            run_lock(os.path.join(out, STATE_DIR), out):
+        if publisher is not None:
+            publisher.take_stock()
         _prepare_report(cfg.report_dir)
-        start = _run(cfg, opts, wopts, key, echo)
+        with publisher or contextlib.nullcontext():
+            start = _run(cfg, opts, wopts, key, echo, cluster)
         summary = merge(out, cfg.report_dir)
         summary["seconds"] = round(time.perf_counter() - start, 3)
         summary["images_per_second"] = round(summary["images"] / summary["seconds"], 2) if summary["seconds"] else 0
         write_summary(out, summary)
+        if publisher is not None:
+            publisher.publish(summary)
     return summary
 
 
-def _run(cfg: ConvertConfig, opts: Options, wopts: WriteOptions, key: bytes, echo: Any) -> float:
-    """Plan, then convert the chunks not done yet; return the start time (after the imports)."""
+def _run(cfg: ConvertConfig, opts: Options, wopts: WriteOptions, key: bytes, echo: Any,
+         cluster: Any = None) -> float:
+    """Plan, then convert the chunks not done yet (on ``cluster``, a RayEngine, if given); return the
+    start time (after the imports and the joining of a cluster)."""
     out, report = cfg.out, cfg.report_dir
     state = os.path.join(out, STATE_DIR)
     prefix = f"p{cfg.shard_index:03d}"
     start = time.perf_counter()  # after the imports: the figure is about converting, not starting up
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    queue = ctx.Queue() if cfg.workers > 1 else None
-    pool = (ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(queue, os.getpid()))
-            if cfg.workers > 1 else None)
+    local = cfg.workers > 1 and cfg.engine == "local"
+    queue = ctx.Queue() if local else None
+    pool = ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(queue, os.getpid())) if local else None
     try:
-        all_tasks, plan_rejects = plan(cfg, opts, pool)
+        all_tasks, plan_rejects = plan(cfg, opts, pool or cluster)
         gc.freeze()  # the plan lives for the whole run: the collector need not walk it again and again
         n = len(all_tasks)
         lo, hi = cfg.shard_index * n // cfg.num_shards, (cfg.shard_index + 1) * n // cfg.num_shards
@@ -415,7 +494,8 @@ def _run(cfg: ConvertConfig, opts: Options, wopts: WriteOptions, key: bytes, ech
             if previous.get("fingerprint") != fp:
                 raise UserError(f"{out}: inputs or options differ from the interrupted run; use a new --out")
             sizes = previous.get("chunks") or _legacy_sizes(tasks, cfg.chunk_mb)
-        chunks = _chunks(tasks, prefix, cfg.chunk_mb, cfg.workers, sizes)
+        slots = cluster.slots(cfg.workers) if cluster is not None else cfg.workers
+        chunks = _chunks(tasks, prefix, cfg.chunk_mb, slots, sizes)
         with open(plan_file, "w") as fh:
             json.dump({"fingerprint": fp, "tasks": len(tasks), "chunks": [len(c.tasks) for c in chunks]}, fh)
         if cfg.shard_index == 0 or cfg.num_shards == 1:  # planning rejects are reported once
@@ -433,9 +513,11 @@ def _run(cfg: ConvertConfig, opts: Options, wopts: WriteOptions, key: bytes, ech
         bar = progress_bar(cfg.progress, sum(len(c.tasks) for c in todo))
         if todo and wopts.codec == "jpeg":
             echo(f"jpeg encoder: {jpeg_encoder().description}")
-        if pool is None:
+        if cluster is not None:
+            cluster.run_chunks(todo, (out, opts, wopts, key, report), bar, echo, cfg.show_paths)
+        elif pool is None:
             for spec in todo:
-                process_chunk(out, spec, opts, wopts, key, report_dir=report,
+                convert_chunk(out, spec, opts, wopts, key, report_dir=report,
                               report=lambda k, rj: tick(bar, 1, k, rj, echo, cfg.show_paths))
         else:
             _wait_chunks(pool, queue, todo, (out, opts, wopts, key, report), bar, echo, cfg.show_paths)
@@ -443,6 +525,8 @@ def _run(cfg: ConvertConfig, opts: Options, wopts: WriteOptions, key: bytes, ech
     except BaseException:
         if pool is not None:
             pool.terminate()  # no worker goes on writing after the run has failed
+        if cluster is not None:
+            cluster.cancel()  # nor any Ray task
         raise
     finally:
         gc.unfreeze()

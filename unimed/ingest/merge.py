@@ -20,23 +20,30 @@ from unimed.errors import UserError
 from unimed.ingest.writer import DONE_FILE, PARTS_DIR, write_jsonl
 from unimed.shards import INDEX, merge_index
 
-__all__ = ["STATE_DIR", "done_chunks", "merge", "merge_indexes", "merge_report", "write_summary"]
+__all__ = ["STATE_DIR", "chunk_stats", "done_chunks", "merge", "merge_indexes", "merge_report", "write_summary"]
 
 STATE_DIR = ".unimed"  # plan fingerprints, planning rejects (uid and reason), the run lock
 
 
+def chunk_stats(folder: str) -> dict | None:
+    """The stats of a complete chunk folder (``done.json`` and ``index.json`` present), else None."""
+    f = os.path.join(folder, DONE_FILE)
+    if folder.endswith(".tmp") or not (os.path.isfile(f) and os.path.isfile(os.path.join(folder, INDEX))):
+        return None
+    try:
+        with open(f) as fh:
+            return json.load(fh)
+    except ValueError:  # a chunk whose done.json was cut short is not done: it is redone
+        return None
+
+
 def done_chunks(out: str) -> dict[str, dict]:
-    """The complete chunk folders of ``out`` (``done.json`` and ``index.json`` present) and their stats."""
+    """The complete chunk folders of ``out`` and their stats."""
     done = {}
     for d in sorted(os.listdir(out)):
-        f = os.path.join(out, d, DONE_FILE)
-        if d.endswith(".tmp") or not (os.path.isfile(f) and os.path.isfile(os.path.join(out, d, INDEX))):
-            continue
-        try:
-            with open(f) as fh:
-                done[d] = json.load(fh)
-        except ValueError:  # a chunk whose done.json was cut short is not done: it is redone
-            continue
+        stats = chunk_stats(os.path.join(out, d))
+        if stats is not None:
+            done[d] = stats
     return done
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from unimed.errors import safe_reason, shown_path
 from unimed.ingest import intensity
 from unimed.ingest.captions import CaptionEngine
-from unimed.ingest.deid import keyed_uid, reject_uid
+from unimed.ingest.deid import keyed_patient, keyed_study, keyed_uid, reject_uid
 from unimed.ingest.sources.base import TIMES, Options, Task, get_source, timed
 from unimed.schema import COLUMNS
 from unimed.shards import ShardWriter
@@ -81,6 +81,8 @@ def _sample(item: Any, task: Task, engine: CaptionEngine, wopts: WriteOptions, k
         "labels": labels,
         "source": task.extra.get("source_name", "unknown"),
         "uid": keyed_uid(key, item.key),
+        "patient": keyed_patient(key, item.patient),
+        "study": keyed_study(key, item.study),
         "meta": meta,
     }
 
