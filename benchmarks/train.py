@@ -54,7 +54,9 @@ def _synthetic_loader(cfg, vocab: int, batches: int = 8):
 
     device = "cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu"
     b, s, n = cfg.data.batch_size, cfg.data.image_size, cfg.data.context_length
-    data = [{"image": torch.randn(b, 3, s, s, device=device), "tokens": torch.randint(5, vocab, (b, n)),
+    # uint8 pixels, as both loaders hand them over (the model normalizes them on the device)
+    data = [{"image": torch.randint(0, 256, (b, 3, s, s), dtype=torch.uint8, device=device),
+             "tokens": torch.randint(5, vocab, (b, n)),
              "valid": torch.ones(b, dtype=torch.bool)} for _ in range(batches)]
 
     class Batches(torch.utils.data.IterableDataset):
@@ -164,7 +166,8 @@ def _caption_batches(tok, captions: list[str], batch: int, count: int, size: int
     for _ in range(count):
         picks = rng.choice(len(captions), size=batch, replace=False)
         tokens = torch.from_numpy(np.stack([tok(captions[i]) for i in picks]))
-        out.append({"image": torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(int(picks[0]))),
+        gen = torch.Generator().manual_seed(int(picks[0]))
+        out.append({"image": torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=gen),
                     "tokens": tokens, "valid": torch.ones(batch, dtype=torch.bool)})
     return out
 

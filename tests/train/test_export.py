@@ -41,7 +41,11 @@ def test_open_clip_export_loads_in_open_clip_with_equal_embeddings(trained, imag
     from PIL import Image
 
     x = torch.stack([preprocess(Image.open(p)) for p in images])
-    assert torch.equal(x, ours.preprocess.batch(images))  # the same eval transform, read from preprocess_cfg
+    # the same eval transform, read from preprocess_cfg: ours hands uint8 to the model, which normalizes as
+    # open_clip's transform does (the exported model keeps open_clip's contract: normalized float input)
+    ours_x = ours.preprocess.batch(images)
+    assert ours_x.dtype == torch.uint8 and torch.equal(x, ours.preprocess.normalize(ours_x))
+    assert torch.equal(ours.model.prepare_image(ours_x), x)  # normalized once, in the model
     tokens = tokenizer(TEXTS)
     assert torch.equal(tokens, torch.as_tensor(np.stack([ours.tokenizer(t) for t in TEXTS])))
     with torch.no_grad():
@@ -136,10 +140,11 @@ def foreign(tmp_path_factory, demo_sets):
 
 
 def _same(ours, theirs, images: list[str]) -> None:
-    x = ours.preprocess.batch(images)
+    x = ours.preprocess.batch(images)  # uint8: unimed's model normalizes; open_clip's takes normalized floats
     tokens = torch.as_tensor(np.stack([ours.tokenizer(t) for t in TEXTS]))
     with torch.no_grad():
-        assert torch.allclose(ours.encode_image(x), theirs.encode_image(x, normalize=True), atol=1e-5)
+        assert torch.allclose(ours.encode_image(x), theirs.encode_image(ours.preprocess.normalize(x), normalize=True),
+                              atol=1e-5)
         assert torch.allclose(ours.encode_text(TEXTS), theirs.encode_text(tokens, normalize=True), atol=1e-5)
 
 

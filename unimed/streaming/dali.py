@@ -1,17 +1,20 @@
-"""The DALI decode-and-augment pipeline: one definition, placed on the GPU or on CPU operators.
+"""The DALI decode-and-augment pipeline: the GPU path, one definition (CPU operators for tests).
 
 On a GPU the decoder is ``device="mixed"`` (nvJPEG, with the A100/H100 hardware decoder when
-present) and every later operator runs on the GPU; without one the same graph runs with
-``device_id=None`` on DALI's CPU operators (libjpeg-turbo, libpng). Which placement is used is
-decided once, in :func:`choose_device`, logged with the reason, and overridable by argument or by
-the ``UNIMED_DALI_DEVICE`` environment variable.
+present) and every later operator runs on the GPU. Without one the loader does not use DALI at all:
+its workers decode (:mod:`unimed.streaming.decode`), since DALI's CPU operators reach only 0.46 of
+the decode ceiling (their antialiased resize alone costs 1.4 of 2.6 ms an image). The same graph
+still builds on CPU operators (``device="cpu"``, ``device_id=None``) for tests and for
+``LoaderConfig.device="dali_cpu"``. Which path runs is decided once, in :func:`choose_device`,
+logged with the reason, and overridable by argument or by the ``UNIMED_DALI_DEVICE`` variable.
 
-Images are decoded to RGB (grey images become 3 equal channels), randomly cropped (area ``scale``,
-aspect ``ratio``), resized to ``image_size``, flipped only where the sample's ``flip`` flag allows,
-and normalized to CHW float32. The decoder's output type is ``decode_dtype``: ``float`` keeps every
-bit of 16-bit PNGs (values in [0, 1]); ``uint8`` maps them onto 8 bits (the full range, scaled, not
-clipped) and halves the CPU work of decode + resize. ``auto`` (the default) takes float on the GPU,
-where it costs nothing measurable, and uint8 on CPU operators, where it doubles the throughput.
+Images are decoded to RGB (grey images become 3 equal channels), randomly cropped (the dataset's
+window), resized to ``image_size`` (bicubic, antialiased), flipped only where the sample's ``flip``
+flag allows, and handed over as CHW **uint8**: normalization happens once, on the device, in the
+model (``CLIPModel.encode_image``). The decoder's type is ``decode_dtype``: ``float`` keeps every bit
+of 16-bit PNGs through the resize and rounds to 8 bits at the end; ``uint8`` maps them onto 8 bits at
+decode (the full range, scaled, not clipped). ``auto`` takes float on the GPU, where it costs nothing
+measurable, and uint8 on CPU operators.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["AugmentConfig", "DaliProxyTransform", "build_pipeline", "choose_device", "CLIP_MEAN", "CLIP_STD"]
+__all__ = ["AugmentConfig", "DaliProxyTransform", "build_pipeline", "choose_device", "CLIP_MEAN", "CLIP_STD",
+           "DEVICES"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,22 +43,25 @@ class AugmentConfig:
     image_size: int = 224
     scale: tuple[float, float] = (0.9, 1.0)  # random-resized-crop area
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # random-resized-crop aspect
-    mean: tuple[float, float, float] = CLIP_MEAN  # of [0, 1] pixels
-    std: tuple[float, float, float] = CLIP_STD
     train: bool = True  # False: resize the shorter side and center-crop, no randomness
     decode_dtype: str = "auto"  # "float": 16-bit PNGs keep their low bits; "uint8": half the CPU cost
 
 
+DEVICES = ("auto", "gpu", "cpu", "dali_cpu")
+
+
 def choose_device(requested: str = "auto") -> str:
-    """Pick ``"gpu"`` or ``"cpu"`` for the pipeline: the argument, else ``$UNIMED_DALI_DEVICE``, else
-    the GPU when CUDA is available. Logged once per distinct choice, with the reason."""
+    """Pick the loader's path: ``"gpu"`` (DALI, nvJPEG), ``"cpu"`` (decode in the loader workers, no
+    DALI) or ``"dali_cpu"`` (the DALI graph on CPU operators: tests and comparisons only). The
+    argument, else ``$UNIMED_DALI_DEVICE``, else the GPU when CUDA is available. Logged once per
+    distinct choice, with the reason."""
     import torch
 
     source = "argument"
     if requested == "auto" and os.environ.get(_ENV):
         requested, source = os.environ[_ENV].lower(), f"${_ENV}"
-    if requested not in ("auto", "gpu", "cpu"):
-        raise ValueError(f"DALI device must be 'auto', 'gpu' or 'cpu' (from {source}), got {requested!r}")
+    if requested not in DEVICES:
+        raise ValueError(f"loader device must be one of {', '.join(DEVICES)} (from {source}), got {requested!r}")
     has_cuda = torch.cuda.is_available()
     if requested == "gpu" and not has_cuda:
         raise ValueError(
@@ -62,12 +69,12 @@ def choose_device(requested: str = "auto") -> str:
         )
     if requested == "auto":
         device = "gpu" if has_cuda else "cpu"
-        reason = "CUDA is available: nvJPEG decode" if has_cuda else "no CUDA device: DALI CPU operators"
+        reason = "CUDA is available: DALI, nvJPEG decode" if has_cuda else "no CUDA device: decode in the loader workers"
     else:
         device, reason = requested, f"requested by {source}"
     if (device, reason) not in _logged_choice:
         _logged_choice.add((device, reason))
-        logger.info("unimed.streaming: DALI pipeline on %s (%s)", device, reason)
+        logger.info("unimed.streaming: loader on %s (%s)", device, reason)
     return device
 
 
@@ -83,10 +90,10 @@ def build_pipeline(
     """Build the pipeline with three external inputs, ``encoded`` (uint8 bytes), ``flip`` (uint8 0/1:
     mirror this sample) and ``crop`` (float32 x, y, w, h relative to the image: the random-resized-crop
     window, drawn per sample by the dataset so that resumption repeats it), and one output, the
-    normalized ``float32[3, S, S]`` image. Only the crop window is decoded."""
+    ``uint8[3, S, S]`` image (not normalized: the model does that). Only the crop window is decoded."""
     from nvidia.dali import fn, pipeline_def, types
 
-    if device not in ("gpu", "cpu"):
+    if device not in ("gpu", "cpu"):  # the graph's placement ("dali_cpu" builds it with "cpu")
         raise ValueError(f"device must be 'gpu' or 'cpu', got {device!r}")
     if device == "gpu" and device_id is None:  # this rank's GPU, even before Composer sets the device
         import torch
@@ -98,8 +105,8 @@ def build_pipeline(
     if dtype_name not in ("float", "uint8"):
         raise ValueError(f"decode_dtype must be 'auto', 'float' or 'uint8', got {aug.decode_dtype!r}")
     dtype = types.FLOAT if dtype_name == "float" else types.UINT8
-    scale = 1.0 if dtype_name == "float" else 255.0  # mean/std are given for [0, 1] pixels
-    mean, std = [m * scale for m in aug.mean], [s * scale for s in aug.std]
+    # Float pixels are in [0, 1]: x 255, rounded and saturated into uint8 by crop_mirror_normalize.
+    std = [1.0 / 255.0] * 3 if dtype_name == "float" else [1.0] * 3
 
     @pipeline_def(
         batch_size=batch_size,
@@ -131,7 +138,7 @@ def build_pipeline(
             images = fn.resize(images, resize_shorter=size, antialias=True, interp_type=types.INTERP_CUBIC)
             extra = {"crop": (size, size), "mirror": fn.cast(flip, dtype=types.INT32) * 0 + fn.cast(crop[0] * 0, dtype=types.INT32)}
         return fn.crop_mirror_normalize(
-            images, dtype=types.FLOAT, output_layout="CHW", mean=mean, std=std, **extra
+            images, dtype=types.UINT8, output_layout="CHW", mean=[0.0] * 3, std=std, **extra
         )
 
     return pipe()

@@ -1,9 +1,10 @@
 """The unimed ``StreamingDataset``: encoded image bytes, one caption per sample and epoch, its tokens.
 
-No pixel is decoded here: decoding and augmentation belong to DALI (``unimed.streaming.dali``),
-which runs batched, on the GPU where there is one. What happens per sample in the loader workers is
-cheap: read the MDS sample, check the image's structure (``imagecheck``), pick a caption and
-tokenize it.
+No pixel is decoded by the dataset itself: decoding and augmentation belong to the ``transform`` —
+DALI's proxy on the GPU path (``unimed.streaming.dali``: batched, nvJPEG), the worker decode on the
+CPU path (``unimed.streaming.decode``). The dataset reads the MDS sample, checks the image's
+structure (``imagecheck``), picks a caption, tokenizes it and draws the crop window and mirror bit
+(:func:`choose_crop`) that either transform applies.
 
 The caption is chosen by a hash of (seed, epoch, sample id), not by a stateful generator, so a run
 resumed mid-epoch picks the same captions as an uninterrupted one, whatever the worker count.
@@ -18,15 +19,17 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
-from streaming import StreamingDataset
 
 from unimed.schema import MODALITIES
+from unimed.streaming._lazy import import_streaming
 from unimed.streaming.imagecheck import check_image, placeholder_image
 from unimed.streaming.tokenizer import CaptionTokenizer
 
 __all__ = ["UnimedDataset", "choose_caption", "choose_crop", "image_size"]
 
 logger = logging.getLogger(__name__)
+
+StreamingDataset = import_streaming().StreamingDataset
 
 _MASK64 = (1 << 64) - 1
 

@@ -115,6 +115,9 @@ def model_from_descriptor(desc: dict[str, Any]):  # -> CLIPModel
     text = dict(desc["text_config"])
     model = CLIPModel(mcfg, vocab_size=int(text["vocab_size"]), pad_id=int(desc["pad_id"]))
     model.text.bert = BertModel(BertConfig.from_dict(text), add_pooling_layer=False)
+    pre = desc.get("preprocess") or {}
+    if "mean" in pre and "std" in pre:  # the model normalizes its uint8 input as its training data was
+        model.set_image_normalization(pre["mean"], pre["std"])
     return model
 
 

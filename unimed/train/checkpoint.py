@@ -352,4 +352,5 @@ def load_trained(checkpoint: str | None, config: str | None = None, cfg=None, em
     tokenizer = tokenizer_for(cfg)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, tokenizer.vocab_size, tokenizer.pad_id)
+    model.set_image_normalization(cfg.data.mean, cfg.data.std)
     return model.eval(), cfg, tokenizer

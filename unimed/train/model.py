@@ -6,6 +6,12 @@ checkpoint's ``visual.*`` weights load into it without open_clip or timm install
 is ``transformers``' ``BertModel`` (CLS pooling) followed by a two-layer MLP projection without
 biases, as in the reference system. Weights come only from local paths (see ``unimed.train.weights``);
 nothing is downloaded. Sizes are data: ``ModelConfig`` fields in the training YAML.
+
+Images enter as **uint8** ``[B, 3 or 1, S, S]`` (what both loaders and the evaluation transform hand
+over) and are normalized here, once, on the device: ``(x / 255 - mean) / std`` in float32 with
+non-persistent buffers (not in any state dict, so checkpoints and exports are unchanged), then cast
+to the tower's dtype. A float tensor is taken as normalized already: the open_clip contract, which
+exported models keep.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's, of [0, 1] pixels
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 __all__ = ["VisionConfig", "TextConfig", "ModelConfig", "VisionTransformer", "TextTower", "CLIPModel"]
 
@@ -275,6 +284,9 @@ class CLIPModel(nn.Module):
         self.cfg = cfg
         self.visual = VisionTransformer(cfg.vision, cfg.embed_dim)
         self.text = TextTower(cfg.text, cfg.embed_dim, vocab_size, pad_id)
+        # The image normalization (:meth:`set_image_normalization`; CLIP's until told otherwise).
+        self.register_buffer("image_mean", torch.tensor(_CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(_CLIP_STD).view(1, 3, 1, 1), persistent=False)
         self.logit_scale = nn.Parameter(torch.full((1,), math.log(cfg.init_logit_scale)))
         # SigLIP's learnable bias (the paper's init, -10); absent for the CLIP loss.
         self.logit_bias = nn.Parameter(torch.full((1,), -10.0)) if cfg.loss == "siglip" else None
@@ -283,9 +295,33 @@ class CLIPModel(nn.Module):
         if cfg.text.locked:
             self.text.lock(cfg.text.unlocked_layers)
 
+    @torch.no_grad()
+    def set_image_normalization(self, mean, std) -> None:
+        """Use ``mean``/``std`` (of [0, 1] pixels, 3 values each) for uint8 images: the training data's
+        (``data.mean``/``data.std``), which the model's ``preprocess`` records."""
+        for name, values in (("image_mean", mean), ("image_std", std)):
+            t = torch.as_tensor([float(v) for v in values], dtype=torch.float32)
+            if t.numel() != 3:
+                raise ValueError(f"{name} needs 3 values, got {list(values)}")
+            buf = getattr(self, name)
+            buf.copy_(t.view(1, 3, 1, 1).to(buf.device))
+
+    def prepare_image(self, image: torch.Tensor) -> torch.Tensor:
+        """The tower's input: uint8 ``[B, C, S, S]`` (C = 3, or 1 for grey, expanded) normalized in
+        float32 and cast to the patch embedding's dtype; a float tensor passes as already normalized."""
+        weight = self.visual.conv1.weight
+        image = image.to(weight.device, non_blocking=True)
+        if image.dtype != torch.uint8:
+            return image
+        if image.shape[1] == 1:
+            image = image.expand(-1, 3, -1, -1)
+        x = (image.float() / 255.0 - self.image_mean.float()) / self.image_std.float()
+        return x.to(weight.dtype if weight.is_floating_point() else torch.float32)
+
     def encode_image(self, image: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Image embeddings [B, embed_dim] (unit length when ``normalize``)."""
-        x = self.visual(image)
+        """Image embeddings [B, embed_dim] (unit length when ``normalize``) of uint8 images (normalized
+        here: :meth:`prepare_image`) or of already normalized float ones."""
+        x = self.visual(self.prepare_image(image))
         return F.normalize(x, dim=-1) if normalize else x
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:

@@ -135,6 +135,7 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None, train_d
         raise UserError(f"data.context_length {cfg.data.context_length} differs from model.text.context_length "
                         f"{cfg.model.text.context_length}")
     model = UnimedCLIP(build_model(cfg.model, tokenizer.vocab_size, tokenizer.pad_id))
+    model.model.set_image_normalization(cfg.data.mean, cfg.data.std)  # uint8 batches: normalized in the model
     if parallelism is not None:
         shard_towers(model.model, precision, cfg.fsdp.reshard_after_forward)
     if cfg.compile:
@@ -237,14 +238,16 @@ def dry_run(cfg: TrainConfig) -> dict[str, Any]:
         raise UserError(f"data.context_length {cfg.data.context_length} differs from model.text.context_length "
                         f"{cfg.model.text.context_length}")
     model = UnimedCLIP(build_model(cfg.model, tokenizer.vocab_size, tokenizer.pad_id))
+    model.model.set_image_normalization(cfg.data.mean, cfg.data.std)
     towers = {name: sum(p.numel() for p in getattr(model.model, name).parameters())
               for name in ("visual", "text") if hasattr(model.model, name)}
     loader = build_loader(cfg.data, tokenizer).dataloader
     try:
         batch = next(iter(loader))
     finally:  # the DALI server thread must not outlive the dry run (its C++ thread aborts a dying interpreter)
-        if loader.dali_server._is_thread_running():
-            loader.dali_server.stop_thread()
+        server = getattr(loader, "dali_server", None)  # the GPU path only
+        if server is not None and server._is_thread_running():
+            server.stop_thread()
     shapes = {k: "x".join(map(str, v.shape)) + " " + str(v.dtype).replace("torch.", "") for k, v in batch.items()
               if isinstance(v, torch.Tensor)}
     return {

@@ -26,7 +26,7 @@ __all__ = ["class_embeddings", "text_embeddings", "image_features", "iter_image_
 
 
 def preprocess(data: bytes, size: int) -> np.ndarray:
-    """Encoded image -> float32 [3, size, size] (the default :class:`EvalTransform`)."""
+    """Encoded image -> uint8 [3, size, size] (the default :class:`EvalTransform`; the model normalizes)."""
     return EvalTransform(size).array(data)
 
 
