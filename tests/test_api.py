@@ -10,7 +10,7 @@ import torch
 
 import unimed
 from tests.train.conftest import demo_sets  # noqa: F401 - the session fixture
-from tests.train.evalkit import demo_crops, trained_checkpoint
+from tests.train.evalkit import STEPS, demo_crops, trained_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +26,7 @@ def model(trained):
 def test_load_needs_only_the_checkpoint(trained, model):
     assert not any(Path(p).exists() for p in trained["gone"])  # tokenizer, BERT and image-tower files deleted
     assert not (Path(trained["ckpt"]).parent / "config.yaml").exists()
-    assert model.config is not None and model.config.max_duration == "60ba"  # the bundled training config
+    assert model.config is not None and model.config.max_duration == f"{STEPS}ba"  # the bundled training config
     bert = model.model.text.bert.config
     assert (bert.max_position_embeddings, bert.layer_norm_eps) == (64, 1e-6)  # the pretrained folder's own config
     assert model.preprocess.size == 32 and "self-contained" in repr(model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["UserError", "RejectError", "safe_reason", "clean_message", "shown_path"]
+__all__ = ["UserError", "RejectError", "safe_reason", "clean_message", "shown_path", "yaml_error"]
 
 
 class UserError(ValueError):
@@ -14,6 +14,13 @@ class UserError(ValueError):
     A ``ValueError``, as mosaicml-streaming's style has bad input be, so library callers that catch
     ``ValueError`` keep working; every CLI catches ``UserError``.
     """
+
+
+def yaml_error(path: object, exc: Exception) -> UserError:
+    """The one line for a YAML file that does not parse: the file, line and column, and the problem."""
+    mark = getattr(exc, "problem_mark", None)
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return UserError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', None) or exc}")
 
 
 class RejectError(Exception):

@@ -6,8 +6,8 @@ Sections, each in its own process with a share of the time budget, the JSON rewr
 - ``pytest_gpu``: ``pytest -m gpu`` (the DALI GPU-against-CPU pixels, the Triton kernel at bf16/large B).
 - ``loss``: ``benchmarks/loss.py``: the Triton loss against the PyTorch reference at B = 4k, 16k, 64k
   (median ms and peak MiB of forward + backward).
-- ``decode``: the real loader (StreamingDataset + DALI, nvJPEG, ``device="gpu"``) over MDS shards of 512-px
-  JPEGs, cropped to 224, against torchvision's batched GPU ``decode_jpeg`` + resize on the same bytes
+- ``decode``: the real loader (StreamingDataset + DALI, nvJPEG, ``device="gpu"``; with ``--cpu``, the CPU
+  path's worker decoding) over MDS shards of 512-px JPEGs, cropped to 224, against torchvision's batched GPU ``decode_jpeg`` + resize on the same bytes
   (a yardstick with no dataset, no augmentation and no shuffling: an upper bound for decoding alone).
 - ``train``: ``benchmarks/train.py --section loader``: ViT-B/16 + BERT-base, bf16, batch 128: images/s and
   MFU with the real loader and with synthetic in-memory batches (``real/synthetic``), through Composer.
@@ -198,8 +198,9 @@ def decode(cpu: bool) -> dict[str, Any]:
                 torch.cuda.synchronize()
             seconds += (time.perf_counter() - t0) if epoch else 0.0
         out["dali_loader_img_s"] = round(n / seconds, 1)
-        if loader.dali_server._is_thread_running():
-            loader.dali_server.stop_thread()
+        server = getattr(loader, "dali_server", None)  # the DALI path's (the CPU path decodes in its workers)
+        if server is not None and server._is_thread_running():
+            server.stop_thread()
 
         blobs = []
         for folder in folders.values():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from unimed.errors import UserError
+from unimed.errors import UserError, yaml_error
 
 __all__ = ["EvalSetSpec", "Resolved", "load_catalog", "load_prompts", "prompts_for", "normalize_class",
            "PROMPTS_DIR", "CATALOG_PATH"]
@@ -141,12 +141,28 @@ def load_prompts(name_or_path: str) -> dict:
     if not path.is_file():
         known = sorted(p.stem for p in PROMPTS_DIR.glob("*.yaml"))
         raise UserError(f"prompt set {name_or_path!r} not found; bundled ones: {known}")
-    with open(path) as fh:
-        doc = yaml.safe_load(fh) or {}
+    try:
+        with open(path) as fh:
+            doc = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        raise yaml_error(path, exc) from None
+    if not isinstance(doc, dict):
+        raise UserError(f"{path}: a prompt set is a YAML mapping with 'templates', 'classes' and 'negatives'")
     unknown = set(doc) - {"templates", "classes", "negatives"}
     if unknown:
         raise UserError(f"{path}: unknown keys {sorted(unknown)}; a prompt set has 'templates', 'classes' "
                         "and 'negatives'")
+    for key in ("templates", "negatives"):
+        templates = doc.get(key) or []
+        if not isinstance(templates, list) or not all(isinstance(t, str) for t in templates):
+            raise UserError(f"{path}: '{key}' is a list of strings such as 'a chest X-ray showing {{c}}'")
+        for t in templates:
+            try:
+                t.format(c="x")
+            except (KeyError, IndexError, ValueError):
+                raise UserError(f"{path}: {key} entry {t!r}: the class goes in as {{c}}; no other braces") from None
+    if not isinstance(doc.get("classes") or {}, dict):
+        raise UserError(f"{path}: 'classes' maps each class name to its prompts")
     return doc
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from unimed.errors import UserError
+from unimed.errors import UserError, yaml_error
 from unimed.streaming.loader import LoaderConfig
 from unimed.train.model import ModelConfig
 
@@ -126,15 +126,42 @@ def _format_error(exc: OmegaConfBaseException, where: str) -> UserError:
     return UserError(f"{where}: {first}" + (f" (key {key!r})" if key and str(key) not in first else ""))
 
 
+#: List settings a user may give as one string (``data.shards=/data/x``): taken as a one-item list.
+_LIST_KEYS = ("data.shards", "data.flip_modalities", "zeroshot.sets")
+
+
+def _listify(doc: dict, overrides: list[str]) -> tuple[dict, list[str]]:
+    """``doc`` and ``overrides`` with a plain string under a list key made a one-item list."""
+    for key in _LIST_KEYS:
+        section, name = key.split(".")
+        part = doc.get(section) if isinstance(doc, dict) else None
+        if isinstance(part, dict) and isinstance(part.get(name), str):
+            part[name] = [part[name]]
+    out = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.strip() in _LIST_KEYS and value.strip() and value.strip()[0] not in "[" and value.strip() != "null":
+            o = f"{key}=[{value}]"
+        out.append(o)
+    return doc, out
+
+
 def config_from_dict(doc: dict, overrides: list[str] | None = None, where: str = "config") -> TrainConfig:
     """Merge ``doc`` and dotted ``overrides`` onto the schema; return the validated ``TrainConfig``."""
     schema = OmegaConf.structured(TrainConfig)
     try:
-        merged = OmegaConf.merge(schema, OmegaConf.create(doc or {}))
+        bad = [o for o in overrides or [] if "=" not in o]
+        if bad:
+            raise UserError(f"override {bad[0]!r} is not key=value")
+        doc, overrides = _listify(dict(doc or {}), list(overrides or []))
+        merged = OmegaConf.merge(schema, OmegaConf.create(doc))
         if overrides:
-            bad = [o for o in overrides if "=" not in o]
-            if bad:
-                raise UserError(f"override {bad[0]!r} is not key=value")
+            given = {o.partition("=")[0].strip() for o in overrides}
+            # One source of data: an override naming one of mix / shards replaces the file's other one.
+            if "data.mix" in given and "data.shards" not in given:
+                overrides = ["data.shards=[]", *overrides]
+            elif "data.shards" in given and "data.mix" not in given:
+                overrides = ["data.mix=null", *overrides]
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
@@ -157,6 +184,15 @@ def _check(cfg: TrainConfig, where: str) -> None:
         raise UserError(f"{where}: max_duration {cfg.max_duration!r}: a number and a unit, e.g. 10ep or 5000ba")
     if not 0.0 < cfg.ema.decay < 1.0:
         raise UserError(f"{where}: ema.decay {cfg.ema.decay}: between 0 and 1 (e.g. 0.999)")
+    if cfg.data.mix and cfg.data.shards:
+        raise UserError(f"{where}: data.mix and data.shards are both set: give one (a mix file weighs its "
+                        "streams itself; shards are weighted by their size)")
+    if cfg.data.image_size != cfg.model.vision.image_size:
+        raise UserError(f"{where}: data.image_size {cfg.data.image_size} differs from model.vision.image_size "
+                        f"{cfg.model.vision.image_size}: the loader must crop to the size the image tower takes")
+    if cfg.data.context_length != cfg.model.text.context_length:
+        raise UserError(f"{where}: data.context_length {cfg.data.context_length} differs from "
+                        f"model.text.context_length {cfg.model.text.context_length}")
 
 
 #: The training YAMLs shipped inside the package (``train/yamls`` of the source tree links here).
@@ -186,11 +222,17 @@ def load_config(path: str, overrides: list[str] | None = None) -> TrainConfig:
     Relative shard, mix, tokenizer and pretrained paths in the file stay relative to the working
     directory (the command is run from the repository root, like the Makefile's).
     """
+    import yaml
+
     path = config_path(path)
     try:
         doc = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     except OmegaConfBaseException as exc:
         raise _format_error(exc, path) from None
+    except yaml.YAMLError as exc:
+        raise yaml_error(path, exc) from None
+    if not isinstance(doc, dict):
+        raise UserError(f"{path}: a training config is a YAML mapping (model:, data:, ...), not {type(doc).__name__}")
     return config_from_dict(doc, overrides, where=path)
 
 

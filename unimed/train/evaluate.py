@@ -55,8 +55,14 @@ def spec_for_folder(folder: str, name: str, catalog: dict[str, EvalSetSpec] | No
 
 
 def discover_sets(root: str, names: list[str] | None = None) -> list[tuple[str, str]]:
-    """(name, folder) of each set under ``root``: ``root`` itself when it holds ``index.json``."""
-    base = Path(root)
+    """(name, folder) of each set under ``root``: ``root`` itself when it holds ``index.json``.
+
+    An ``s3://`` root is downloaded into the cache first (:func:`unimed.remote.local_folder`; a later
+    call downloads only what changed); the sets keep their remote folder names.
+    """
+    from unimed.remote import local_folder
+
+    base = Path(local_folder(root))
     if not base.is_dir():
         raise UserError(f"evaluation data {root!r} is not a folder")
     if (base / "index.json").is_file():
@@ -203,7 +209,11 @@ def run_zeroshot(
 ) -> dict[str, dict[str, Any]]:
     """Zero-shot evaluation of a checkpoint on the sets under ``data``; the tables printed and written to ``out``."""
     found = discover_sets(data, sets)
-    check_sets(found, max_samples)  # a label mistake is reported before the model is loaded
+    check_sets(found, max_samples)  # a label or prompt mistake is reported before the model is loaded
+    if prompts:
+        from unimed.train.catalog import load_prompts
+
+        load_prompts(prompts)
     model = _load(checkpoint, config, tokenizer, ema)
     results = model.zeroshot(data, sets, prompts, batch_size, max_samples)
     write_outputs("zeroshot", render_markdown(results), results, out)
@@ -231,6 +241,10 @@ def run_linear_probe(checkpoint: str, data: str, test: str | None = None, set_na
         raise UserError(f"{data}: the linear probe takes one MDS folder, found {len(found)}")
     name = set_name or found[0][0]
     model = _load(checkpoint, config, tokenizer, ema)
+    if test is not None:
+        from unimed.remote import local_folder
+
+        test = local_folder(test)
     results = {name: model.linear_probe(found[0][1], test, name, seed, batch_size, max_samples)}
     write_outputs("linear_probe", render_probe(results), results, out)
     return results
