@@ -80,3 +80,26 @@ def test_a_split_job_into_one_s3_prefix_is_refused(tmp_path, capsys):
                    "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "--num-shards with an s3:// --out" in err
+
+
+def test_num_shards_without_shard_index_is_refused(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(pydicom_dir() / "CT_small.dcm", src)
+    assert cli.main(["convert", str(src), "--out", str(tmp_path / "o"), "--num-shards", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--num-shards 2 needs --shard-index" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_merge_refuses_a_folder_without_chunk_folders(tmp_path, capsys):
+    raw = tmp_path / "images"
+    raw.mkdir()
+    shutil.copy(pydicom_dir() / "CT_small.dcm", raw)
+    assert cli.main(["merge", str(raw)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no complete chunk folder" in err
+    assert sorted(p.name for p in raw.iterdir()) == ["CT_small.dcm"]  # nothing written into it
+    assert not (tmp_path / "images.report").exists()
+    assert cli.main(["merge", str(tmp_path / "missing")]) == 2
+    assert "no such folder" in capsys.readouterr().err

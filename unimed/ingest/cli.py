@@ -76,8 +76,8 @@ def _convert_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size-limit", type=parse_size, default="64mb", help="shard size before compression")
     p.add_argument("--compression", type=_compression, default="zstd:1",
                    help="zstd[:LEVEL] or none (default zstd:1: 94%% of level 3's saving at 0.4 of its cost)")
-    p.add_argument("--num-shards", type=int, default=1, help="split the job over K machines")
-    p.add_argument("--shard-index", type=int, default=0, help="this machine's part, 0..K-1")
+    p.add_argument("--num-shards", type=int, default=1, help="split the job over K machines (with --shard-index)")
+    p.add_argument("--shard-index", type=int, default=None, help="this machine's part, 0..K-1")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any input was rejected")
     p.add_argument("--window", default="auto",
@@ -100,6 +100,11 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from unimed.ingest.convert import ConvertConfig, convert
 
     fields = {k: v for k, v in vars(args).items() if k not in ("cmd", "func")}
+    if fields["shard_index"] is None:
+        if fields["num_shards"] > 1:  # else every machine of the job would convert part 0
+            raise UserError(f"--num-shards {fields['num_shards']} needs --shard-index: this machine's part, "
+                            f"0..{fields['num_shards'] - 1}")
+        fields["shard_index"] = 0
     cfg = ConvertConfig(**fields)
     summary = convert(cfg, echo=lambda s: print(s, file=sys.stderr))
     mods = ", ".join(f"{k} {v}" for k, v in summary["modality"].items()) or "none"
@@ -138,8 +143,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def _cmd_merge(args: argparse.Namespace) -> int:
     from unimed.ingest.lifecycle import check_report_dir, default_report_dir, disk_errors
-    from unimed.ingest.merge import merge, write_summary
+    from unimed.ingest.merge import done_chunks, merge, write_summary
 
+    if not os.path.isdir(args.dir):
+        raise UserError(f"{args.dir}: no such folder")
+    if not done_chunks(args.dir):  # e.g. a folder of raw images: nothing to merge, nothing to write into it
+        raise UserError(f"{args.dir}: no complete chunk folder (pNNN-cNNNNN with done.json) of a conversion in it; "
+                        "copy the parts' chunk folders here first (README, Clusters)")
     report = args.report or default_report_dir(args.dir)
     check_report_dir(report, args.dir)
     with disk_errors(args.dir):
