@@ -103,3 +103,28 @@ def test_merge_refuses_a_folder_without_chunk_folders(tmp_path, capsys):
     assert not (tmp_path / "images.report").exists()
     assert cli.main(["merge", str(tmp_path / "missing")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_a_failed_convert_leaves_nothing_and_overwrite_starts_again(tmp_path, capsys):
+    """A mistake found before any chunk (no input, an empty folder, a bad labels table) leaves no `.unimed/`
+    behind, so the corrected command runs; --overwrite replaces a finished dataset, and only a dataset."""
+    (tmp_path / "empty").mkdir()
+    labels = tmp_path / "bad.csv"
+    labels.write_text("path,label\nx.png,a\n")
+    for argv in (["convert", str(tmp_path / "nope")], ["convert", str(tmp_path / "empty")],
+                 ["convert", str(tmp_path / "empty"), "--labels", str(labels)]):
+        assert cli.main([*argv, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+        assert capsys.readouterr().err.count("\n") == 1
+        assert not (tmp_path / "out").exists() and not (tmp_path / "out.report").exists()
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(pydicom_dir() / "CT_small.dcm", src)
+    out = str(tmp_path / "out")
+    assert cli.main(["convert", str(src), "--out", out, "--no-progress"]) == 0
+    assert cli.main(["convert", str(src), "--out", out, "--no-progress"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli.main(["convert", str(src), "--out", out, "--overwrite", "--no-progress"]) == 0
+    (tmp_path / "out" / "notes.txt").write_text("mine")  # not the converter's: --overwrite refuses
+    assert cli.main(["convert", str(src), "--out", out, "--overwrite", "--no-progress"]) == 2
+    assert "does not hold a converted dataset only" in capsys.readouterr().err
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"

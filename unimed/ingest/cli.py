@@ -79,6 +79,8 @@ def _convert_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-shards", type=int, default=1, help="split the job over K machines (with --shard-index)")
     p.add_argument("--shard-index", type=int, default=None, help="this machine's part, 0..K-1")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the dataset an earlier run left in --out (and its report folder)")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any input was rejected")
     p.add_argument("--window", default="auto",
                    help="auto, file, a named HU window (soft_tissue, lung, bone, brain, ...), C:W, or 3 as channels")

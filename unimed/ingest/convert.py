@@ -85,6 +85,7 @@ class ConvertConfig:
     num_shards: int = 1
     shard_index: int = 0
     resume: bool = False
+    overwrite: bool = False  # replace the dataset (and its report folder) an earlier run left in --out
     strict: bool = False
     window: str = "auto"
     axis: str = "auto"
@@ -332,8 +333,8 @@ def _legacy_sizes(tasks: list[Task], chunk_mb: float, max_tasks: int = 4096) -> 
 
 def _fingerprint(cfg: ConvertConfig, tasks: list[Task]) -> str:
     keep = {k: v for k, v in asdict(cfg).items()
-            if k not in ("workers", "engine", "address", "resume", "strict", "progress", "out", "report",
-                         "show_paths", "staging")}
+            if k not in ("workers", "engine", "address", "resume", "overwrite", "strict", "progress", "out",
+                         "report", "show_paths", "staging")}
     h = hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode())
     for t in tasks:
         h.update(f"{t.paths}|{t.extra.get('alternates')}|{t.weight}\n".encode("utf-8", "surrogateescape"))
@@ -442,8 +443,13 @@ def convert(cfg: ConvertConfig, echo: Any = print) -> dict:
         publisher.preflight(cfg.resume)
         cfg = replace(cfg, out=cfg.local_out, report=cfg.report_dir, staging=None)
     out = cfg.out
+    if cfg.overwrite and cfg.resume:
+        raise UserError("--overwrite and --resume: give one (start again, or continue)")
+    if cfg.overwrite and os.path.isdir(out) and os.listdir(out):
+        _clear_dataset(out, cfg.report_dir)
     if os.path.isdir(out) and os.listdir(out) and not cfg.resume:
-        raise UserError(f"{out} is not empty: pass --resume to continue an interrupted run, or choose a new --out")
+        raise UserError(f"{out} is not empty: pass --resume to continue an interrupted run, --overwrite to start "
+                        "again, or choose a new --out")
     if cfg.window not in ("auto", "file") and cfg.modality == "auto":
         echo(f"note: --window {cfg.window} applies to CT images only; other images keep their own windowing")
     cluster = None
@@ -451,6 +457,39 @@ def convert(cfg: ConvertConfig, echo: Any = print) -> dict:
         from unimed.ingest.ray_engine import RayEngine
 
         cluster = RayEngine(cfg.address)
+    made = [p for p in (out, os.path.join(out, STATE_DIR), cfg.report_dir) if not os.path.exists(p)]
+    try:
+        return _convert_locked(cfg, opts, wopts, key, echo, cluster, publisher)
+    except UserError:
+        # A mistake found before any chunk was written (no input, bad labels): leave nothing behind, so
+        # the corrected command is not told that --out is not empty.
+        if os.path.isdir(out) and all(name == STATE_DIR for name in os.listdir(out)):
+            for path in made:
+                shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+_CHUNK_NAME = re.compile(r"^p\d{3}-c\d+(\.tmp)?$")  # the chunk folders: f"p{part:03d}-c{chunk:05d}"
+
+
+def _clear_dataset(out: str, report: str) -> None:
+    """Empty ``out`` for --overwrite, if it holds an earlier run's dataset (and nothing else)."""
+    names = os.listdir(out)
+    ours = {STATE_DIR, "index.json", "rejects.jsonl", "summary.json"}
+    strangers = [n for n in names if n not in ours and not _CHUNK_NAME.match(n)]
+    if strangers or STATE_DIR not in names and "index.json" not in names:
+        raise UserError(f"--overwrite: {out} does not hold a converted dataset only (it has {strangers[:1] or names[:1]}); "
+                        "remove it yourself or choose a new --out")
+    for n in names:
+        path = os.path.join(out, n)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    if os.path.isdir(report):
+        shutil.rmtree(report)
+
+
+def _convert_locked(cfg: ConvertConfig, opts: Options, wopts: WriteOptions, key: bytes, echo: Any, cluster: Any,
+                    publisher: Any) -> dict:
+    out = cfg.out
     with contextlib.closing(cluster) if cluster else contextlib.nullcontext(), disk_errors(out), \
             run_lock(os.path.join(out, STATE_DIR), out):
         if publisher is not None:
