@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -128,3 +129,27 @@ def test_a_failed_convert_leaves_nothing_and_overwrite_starts_again(tmp_path, ca
     assert cli.main(["convert", str(src), "--out", out, "--overwrite", "--no-progress"]) == 2
     assert "does not hold a converted dataset only" in capsys.readouterr().err
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+
+
+def test_class_folders_pointed_at_a_class_folder(tmp_path, capsys):
+    """BACH/Benign/ given where BACH/ was meant: one line, not a set of unlabelled images; an image lying
+    beside the class folders is a reject, never an unlabelled sample."""
+    from PIL import Image
+    from skimage import data
+
+    bach = tmp_path / "BACH"
+    for cls in ("Benign", "InSitu"):
+        (bach / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(data.astronaut()[i * 40:i * 40 + 200, :200]).save(bach / cls / f"b00{i}.tif")
+    rc = cli.main(["convert", str(bach / "Benign"), "--out", str(tmp_path / "o1"), "--class-folders",
+                   "--modality", "pathology", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "give the folder that holds the class folders" in err
+    Image.fromarray(data.astronaut()[:200, :200]).save(bach / "stray.tif")
+    rc = cli.main(["convert", str(bach), "--out", str(tmp_path / "o2"), "--class-folders", "--modality",
+                   "pathology", "--no-progress"])
+    assert rc == 0
+    rows = [json.loads(line) for line in (tmp_path / "o2.report" / "rejects.jsonl").read_text().splitlines()]
+    assert [r["reason"] for r in rows] == ["not inside a class folder (--class-folders labels by folder)"]
+    assert json.loads((tmp_path / "o2" / "summary.json").read_text())["images"] == 4

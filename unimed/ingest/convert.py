@@ -259,21 +259,31 @@ def plan(cfg: ConvertConfig, opts: Options, pool: Any = None) -> tuple[list[Task
     listed = {t.name for t in tasks if t.extra.get("listed")}
     if listed:
         tasks = [t for t in tasks if t.extra.get("listed") or t.name not in listed]
+    loose: list[Task] = []  # --class-folders: images lying directly in an input folder, in no class folder
     for t in tasks:
         root = roots.get(t.extra.get("origin", t.name), os.path.dirname(t.name))
         t.extra["source_name"] = cfg.source_name or DEFAULT_SOURCE
+        hit = table.lookup(t.name) if table is not None else None
         if cfg.class_folders and not t.extra.get("listed"):
             rel = os.path.relpath(t.name, root).split(os.sep)
             if len(rel) > 1:
                 t.extra["labels"] = [rel[0]]
-        if table is not None:
-            hit = table.lookup(t.name)
-            if hit is not None:
-                t.extra["labels"] = hit.labels
-                if hit.modality:
-                    if hit.modality not in MODALITIES:
-                        raise UserError(f"{cfg.labels}: modality {hit.modality} is not one of {', '.join(MODALITIES)}")
-                    t.extra["modality"] = hit.modality
+            elif hit is None:
+                loose.append(t)
+        if hit is not None:
+            t.extra["labels"] = hit.labels
+            if hit.modality:
+                if hit.modality not in MODALITIES:
+                    raise UserError(f"{cfg.labels}: modality {hit.modality} is not one of {', '.join(MODALITIES)}")
+                t.extra["modality"] = hit.modality
+    if loose and len(loose) == len(tasks):
+        raise UserError("--class-folders: every image lies directly in " + " ".join(cfg.inputs) + ", in no class "
+                        "folder; give the folder that holds the class folders (e.g. BACH/, not BACH/Benign/)")
+    if loose:  # never an unlabelled sample in a labelled set
+        ids = {id(t) for t in loose}
+        tasks = [t for t in tasks if id(t) not in ids]
+        rejects += [{"path": t.name, "reason": "not inside a class folder (--class-folders labels by folder)"}
+                    for t in loose]
     # Duplicate DICOM instances, then per-source grouping (DICOM series ordering).
     first: dict[str, Task] = {}
     unique: list[Task] = []
