@@ -35,7 +35,7 @@ from PIL import Image
 
 from unimed.streaming.imagecheck import placeholder_image
 
-__all__ = ["WorkerDecode", "choose_jpeg_decoder", "decode_crop", "dct_scale", "JPEG_DECODERS"]
+__all__ = ["WorkerDecode", "choose_jpeg_decoder", "decode_crop", "dct_scale", "sixteen_to_eight", "JPEG_DECODERS"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,11 @@ def _open_jpeg(data: bytes, crop: np.ndarray | None, size: int, train: bool,
     return img, (box[0] / actual, box[1] / actual, box[2] / actual, box[3] / actual)
 
 
+def sixteen_to_eight(arr: np.ndarray) -> Image.Image:
+    """A 16-bit grey array as an 8-bit ``L`` image, ``round(v * 255 / 65535)`` (the training mapping)."""
+    return Image.fromarray(((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8), "L")
+
+
 def _to_8bit(img: Image.Image, keep_precision: bool) -> tuple[Image.Image, bool]:
     """(image in L / RGB / F, whether it is F holding [0, 65535] values to round at the end)."""
     if img.mode in ("L", "RGB"):
@@ -120,7 +125,7 @@ def _to_8bit(img: Image.Image, keep_precision: bool) -> tuple[Image.Image, bool]
         arr = np.asarray(img).astype(np.float32 if keep_precision else np.uint32)
         if keep_precision:
             return Image.fromarray(arr, "F"), True
-        return Image.fromarray(((arr * 255 + 32767) // 65535).astype(np.uint8), "L"), False
+        return sixteen_to_eight(arr), False
     if img.mode in ("1", "LA", "La"):
         return img.convert("L"), False
     return img.convert("RGB"), False

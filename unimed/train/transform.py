@@ -73,8 +73,9 @@ class EvalTransform:
 
         img = self._image(image)
         if img.mode in ("I;16", "I;16B", "I;16L"):  # as the training loaders map them (the shards' PNGs)
-            arr = np.asarray(img).astype(np.uint32)
-            img = Image.fromarray(((arr * 255 + 32767) // 65535).astype(np.uint8), "L")
+            from unimed.streaming.decode import sixteen_to_eight
+
+            img = sixteen_to_eight(np.asarray(img))
         elif img.mode in ("I", "F"):  # no fixed range: min-max
             arr = np.asarray(img, dtype=np.float32)
             arr = (arr - arr.min()) / max(float(arr.max() - arr.min()), 1e-6) * 255.0
