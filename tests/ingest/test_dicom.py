@@ -83,10 +83,18 @@ def test_every_dicom_file_is_converted_or_rejected_and_matches_reference(tmp_pat
             assert diff.max() <= 1, f"{f.name}: max difference {diff.max()}"
             compared += 1
     assert compared >= 20
-    for name in BROKEN_DICOM:
-        hits = [p for p in rejected if p.endswith("/" + name)]
-        if hits and "duplicate" not in rejected[hits[0]]:
-            assert rejected[hits[0]], name
+    # Each deliberately broken file is rejected for what is wrong with it (bad_sequence.dcm's pixels and
+    # modality read fine: it converts, and the loop above saw it).
+    why = {"no_meta.dcm": "not a valid DICOM file", "MR_truncated.dcm": "cannot decode pixel data",
+           "rtplan_truncated.dcm": "holds no image", "badVR.dcm": "RTDOSE has no unimed modality",
+           "emri_small_jpeg_2k_lossless_too_short.dcm": "cannot decode pixel data"}
+    assert set(why) | {"bad_sequence.dcm"} == set(BROKEN_DICOM)
+    for name, fragment in why.items():
+        hits = [str(f) for f in files if f.name == name]
+        assert hits, f"{name}: not among the test files"
+        for h in hits:
+            assert h in rejected, f"{name}: converted, yet it is broken ({BROKEN_DICOM[name]})"
+            assert fragment in rejected[h] or "duplicate" in rejected[h], f"{name}: {rejected[h]}"
     # Non-image DICOM (structured reports, RT plans) are rejected with that reason.
     assert "holds no image" in rejected[str(pydicom_dir() / "rtplan.dcm")]
 

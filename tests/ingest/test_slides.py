@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from unimed.ingest.sources.base import Options
-from unimed.ingest.sources.slide import SlideSource, TiffSlide, choose_level, saturation, tissue_threshold
+from unimed.ingest.sources.slide import SlideSource, TiffSlide, reader_kind
+from unimed.ingest.sources.tiles import choose_level, saturation, tissue_threshold
 from unimed.ingest.synthetic import write_slide
 
 
@@ -173,3 +174,95 @@ def test_dicom_whole_slide_tiles(tmp_path, helpers):
     capped = tmp_path / "capped"
     helpers.convert([folder / "level0.dcm"], capped, tile_size=64, mpp=0.5, max_tiles=4)
     assert len(helpers.read(capped)) == 4
+
+
+def _small_pyramid(path, *, bigtiff: bool, byteorder: str) -> None:
+    """A two-level, JPEG-tiled pyramid of scikit-image's IHC tissue, written by tifffile."""
+    import tifffile
+    from skimage import data
+
+    ihc = data.immunohistochemistry()
+    with tifffile.TiffWriter(path, bigtiff=bigtiff, byteorder=byteorder) as tif:
+        tif.write(ihc, tile=(128, 128), compression="jpeg", photometric="rgb", subifds=1)
+        tif.write(ihc[::2, ::2], tile=(128, 128), compression="jpeg", photometric="rgb", subfiletype=1)
+
+
+@pytest.mark.parametrize(("bigtiff", "byteorder", "magic"), [
+    (False, "<", b"II*\x00"), (False, ">", b"MM\x00*"), (True, "<", b"II+\x00"), (True, ">", b"MM\x00+")])
+def test_a_tiled_tiff_without_a_slide_suffix_is_a_slide(tmp_path, bigtiff, byteorder, magic):
+    """TIFF and BigTIFF in both byte orders, named ``slide_001`` and ``.dat``: the slide source, by magic bytes."""
+    from unimed.ingest.sources import registry
+
+    for name in ("slide_001", "scan.dat"):
+        path = tmp_path / name
+        _small_pyramid(path, bigtiff=bigtiff, byteorder=byteorder)
+        head = path.read_bytes()[:256]
+        assert head[:4] == magic and reader_kind(head) == "tiff"
+        chosen = next(s for s in registry().values() if s.probe(path, head))
+        assert chosen.name == "slide", name
+        task = chosen.plan(path, Options())
+        assert task.tiling is None  # the TIFF reader, not the DICOM one
+        items = list(chosen.iter_items(task, Options(level=0, tile_size=128, min_tissue=0.3)))
+        assert len(items) >= 4 and {it.modality for it in items} == {"pathology"}
+
+
+def test_suffixless_tiled_slide_converts(tmp_path, helpers):
+    """The whole run: a pyramid named ``slide_001`` becomes tiles (it used to be rejected as DICOM)."""
+    path = write_slide(tmp_path / "in" / "slide_001", 2048, 1536, levels=3, mpp=0.25)
+    out = tmp_path / "out"
+    summary = helpers.convert([path.parent], out, tile_size=256, mpp=0.5, max_side=0)
+    assert summary["images"] == len(helpers.read(out)) > 0 and summary["modality"] == {"pathology": summary["images"]}
+    assert helpers.rejects(out) == []
+
+
+def test_reader_kind_checks_dicom_before_tiff():
+    """DICM at 128 decides first (a DICOM preamble may hold a TIFF header); a DICOM file that is no
+    whole-slide image is no slide at all."""
+    wsi = b"II*\x00" + bytes(124) + b"DICM" + b"\x02\x00\x02\x00UI\x1e\x001.2.840.10008.5.1.4.1.1.77.1.6\x00"
+    ct = b"II*\x00" + bytes(124) + b"DICM" + b"\x02\x00\x02\x00UI\x1a\x001.2.840.10008.5.1.4.1.1.2\x00"
+    assert reader_kind(wsi.ljust(256, b"\x00")) == "dicom"
+    assert reader_kind(ct.ljust(256, b"\x00")) is None
+    assert reader_kind(b"\x89PNG\r\n\x1a\n".ljust(256, b"\x00")) is None
+
+
+def test_suffixless_dicom_whole_slide_goes_to_the_dicom_slide_reader(tmp_path, helpers):
+    folder = tmp_path / "wsi"
+    folder.mkdir()
+    full = _dicom_wsi(folder / "level0")  # no suffix
+    head = (folder / "level0").read_bytes()[:256]
+    assert reader_kind(head) == "dicom" and SlideSource().probe(folder / "level0", head)
+    task = SlideSource().plan(folder / "level0", Options())
+    assert task.tiling is not None and task.tiling.size == (256, 192) and task.modality == "pathology"
+    out = tmp_path / "out"
+    helpers.convert([folder], out, tile_size=64, mpp=0.5, min_tissue=0.5, codec="png", max_side=0)
+    samples = helpers.read(out)
+    assert len(samples) == 6 and {s["modality"] for s in samples} == {"pathology"}
+    for s in samples:
+        x, y = s["meta"]["tile_x"], s["meta"]["tile_y"]
+        assert np.array_equal(helpers.decode(s), full[y:y + 64, x:x + 64])
+
+
+def test_slide_modules_do_not_import_each_other():
+    """The tiling is shared through .tiles; the DICOM slide reader does not import the TIFF one."""
+    import ast
+    from pathlib import Path
+
+    import unimed.ingest.sources.dicom_slide as dicom_slide
+    import unimed.ingest.sources.tiles as tiles
+
+    for mod in (dicom_slide, tiles):
+        tree = ast.parse(Path(mod.__file__).read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert "unimed.ingest.sources.slide" not in imported, mod.__name__
+
+
+@pytest.mark.parametrize("forced", [False, True])
+def test_dicom_slide_keeps_its_modality_unless_forced(tmp_path, forced):
+    """Modality SM is pathology; ``--modality`` does not replace it, ``--force-modality`` does."""
+    _dicom_wsi(tmp_path / "level0.dcm")
+    opts = Options(modality="other", force_modality=forced, tile_size=64, mpp=0.5)
+    task = SlideSource().plan(tmp_path / "level0.dcm", opts)
+    assert task.modality == ("other" if forced else "pathology")
+    assert task.overridden == ("SM" if forced else None)
+    assert {it.modality for it in SlideSource().iter_items(task, opts)} == {task.modality}

@@ -3,8 +3,9 @@
 The job is deterministic: the same inputs and options give the same tasks in the same chunks, so a
 killed run restarted with ``--resume`` redoes only the chunks that never completed and ends with the
 same samples as an uninterrupted run. ``--num-shards K --shard-index I`` gives machine I the I-th
-contiguous part of the task list; its chunk folders are named ``pIII-cNNNNN`` so parts from several
-machines can be copied into one folder and merged with ``ingest merge``. Every engine (one process, a
+contiguous part of the task list (chunk folders ``pIII-cNNNNN``) and describes it in ``.unimed/part.json``
+(part I of K, fingerprints of the whole job and of the uid key, finished or not), so that
+``ingest merge OUT PART...`` can check the parts before it merges them. Every engine (one process, a
 pool of worker processes, Ray tasks with ``--engine ray``) runs the same chunks through one step,
 :func:`convert_chunk`, and ends with the same merge.
 """
@@ -23,7 +24,7 @@ import shutil
 import stat
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,21 @@ from unimed.ingest.lifecycle import (
     disk_errors,
     run_lock,
 )
-from unimed.ingest.merge import STATE_DIR, chunk_stats, done_chunks, merge, write_summary
+from unimed.ingest.merge import (
+    STATE_DIR,
+    chunk_stats,
+    done_chunks,
+    finish_part,
+    key_fingerprint,
+    merge,
+    write_part,
+    write_summary,
+)
 from unimed.ingest.progress import Batcher, progress_bar, reject_line, tick
 from unimed.ingest.sources.base import Options, Task, registry
 from unimed.ingest.writer import PARTS_DIR, ChunkSpec, WriteOptions, process_chunk, write_jsonl
 from unimed.remote import Store, is_remote
-from unimed.schema import MODALITIES
+from unimed.schema import CODECS, MODALITIES
 
 __all__ = ["ConvertConfig", "convert", "convert_chunk", "discover", "plan", "merge", "DEFAULT_SOURCE", "TEXT_MODES",
            "ENGINES"]
@@ -58,70 +68,115 @@ TEXT_MODES = ("scrub", "findings")
 ENGINES = ("local", "ray")
 
 
-@dataclass
+#: The flat keyword of ``ConvertConfig(captions=...)`` is ``WriteOptions.banks``.
+_FLAT_ALIASES = {"captions": "banks"}
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """The default of every field of a dataclass (a factory called once)."""
+    return {f.name: f.default_factory() if f.default_factory is not MISSING else f.default
+            for f in fields(cls) if f.default is not MISSING or f.default_factory is not MISSING}
+
+
+@dataclass(init=False)
 class ConvertConfig:
-    """Everything ``ingest convert`` takes (the CLI flags)."""
+    """Everything ``ingest convert`` takes (the CLI flags, whose defaults are these fields' and the
+    nested ``read`` (:class:`Options`, what the sources read) and ``write`` (:class:`WriteOptions`, how
+    samples are written)).
+
+    Built nested, ``ConvertConfig(inputs, out, read=Options(...), write=WriteOptions(...), workers=2)``,
+    or flat, ``ConvertConfig(inputs=..., out=..., quality=80, tile_size=512, captions=[...])``: a flat
+    keyword naming a field of ``Options`` or ``WriteOptions`` (``captions`` is ``WriteOptions.banks``)
+    goes there. Reading ``cfg.quality`` reads ``cfg.write.quality`` (and setting it sets it there).
+    """
 
     inputs: list[str]
     out: str
-    modality: str = "auto"
+    read: Options = field(default_factory=Options)
+    write: WriteOptions = field(default_factory=WriteOptions)
     labels: str | None = None
     class_folders: bool = False
-    captions: list[str] = field(default_factory=list)
     source_name: str | None = None
     report: str | None = None
     staging: str | None = None  # local staging folder of an s3:// --out (default: under the cache root)
     show_paths: bool = False
-    text: str = "scrub"
     workers: int = 1
     engine: str = "local"
     address: str | None = None
-    codec: str = "jpeg"
-    quality: int = 90
-    max_side: int = 512
-    bits: int = 8
-    size_limit: str = "64mb"
-    compression: str | None = "zstd:1"
     num_shards: int = 1
     shard_index: int = 0
     resume: bool = False
     overwrite: bool = False  # replace the dataset (and its report folder) an earlier run left in --out
     strict: bool = False
-    window: str = "auto"
-    axis: str = "auto"
-    allow_burned_in: bool = False
     uid_key_file: str | None = None
-    tile_size: int = 256
-    mpp: float = 0.5
-    level: int | None = None
-    min_tissue: float = 0.5
-    max_tiles: int = 1000
     chunk_mb: float = 64.0
     progress: bool = True
 
+    def __init__(self, inputs: list[str], out: str, read: Options | None = None, write: WriteOptions | None = None,
+                 **kw: Any) -> None:
+        nested = {"read": (Options, read), "write": (WriteOptions, write)}
+        for part, (cls, given) in nested.items():
+            names = {f.name for f in fields(cls)}
+            flat = {_FLAT_ALIASES.get(k, k): kw.pop(k) for k in list(kw) if _FLAT_ALIASES.get(k, k) in names}
+            if "banks" in flat:
+                flat["banks"] = list(flat["banks"])
+            object.__setattr__(self, part, replace(given, **flat) if given is not None else cls(**flat))
+        own = _defaults(type(self))
+        unknown = sorted(set(kw) - set(own))
+        if unknown:
+            raise TypeError(f"ConvertConfig: no option {', '.join(unknown)}")
+        self.inputs, self.out = inputs, out
+        for name, default in own.items():
+            if name not in nested:
+                setattr(self, name, kw.get(name, default))
+
+    def _nested(self, name: str) -> tuple[Any, str] | None:
+        name = _FLAT_ALIASES.get(name, name)
+        for part in ("read", "write"):
+            obj = self.__dict__.get(part)
+            if obj is not None and name in obj.__dataclass_fields__:
+                return obj, name
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        hit = self._nested(name) if not name.startswith("__") else None
+        if hit is None:
+            raise AttributeError(f"ConvertConfig has no option {name!r}")
+        return getattr(*hit)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        hit = None if name in self.__dataclass_fields__ else self._nested(name)
+        if hit is None:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(*hit, value)
+
     def check(self) -> None:
         """Raise UserError for contradictory or impossible options."""
+        r, w = self.read, self.write
         if is_remote(self.out):
             Store(self.out, "--out")  # the URL's form (s3://BUCKET/PREFIX); the bucket is checked by convert
         elif self.staging is not None:
             raise UserError("--staging is the local folder of an s3:// --out; drop it for a local --out")
         if not is_remote(self.out) and os.path.exists(self.out) and not os.path.isdir(self.out):
             raise UserError(f"--out {self.out}: is a file; give a folder")
-        if self.modality != "auto" and self.modality not in MODALITIES:
-            raise UserError(f"--modality {self.modality}: use auto or one of {', '.join(MODALITIES)}")
-        if self.codec not in ("jpeg", "png"):
-            raise UserError(f"--codec {self.codec}: use jpeg or png")
-        if self.bits not in (8, 16) or (self.bits == 16 and self.codec != "png"):
+        flag = "--force-modality" if r.force_modality else "--modality"
+        if r.modality not in MODALITIES and (r.force_modality or r.modality != "auto"):
+            raise UserError(f"{flag} {r.modality}: use {'' if r.force_modality else 'auto or '}one of "
+                            f"{', '.join(MODALITIES)}")
+        if w.codec not in CODECS:
+            raise UserError(f"--codec {w.codec}: use {' or '.join(CODECS)}")
+        if r.bits not in (8, 16) or (r.bits == 16 and w.codec != "png"):
             raise UserError("--bits 16 needs --codec png (JPEG holds 8 bits)")
-        if not 1 <= self.quality <= 100:
-            raise UserError(f"--quality {self.quality}: use 1..100")
+        if not 1 <= w.quality <= 100:
+            raise UserError(f"--quality {w.quality}: use 1..100")
         if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
             raise UserError(f"--shard-index {self.shard_index} must lie in 0..{self.num_shards - 1}")
         if self.num_shards > 1 and is_remote(self.out):
             # Each part would publish an index.json of its own part over the one prefix.
             raise UserError("--num-shards with an s3:// --out: write each part to a shared folder, `ingest merge` "
                             "them, then convert or copy the merged folder to the bucket (or use --engine ray)")
-        if self.tile_size < 16 or self.mpp <= 0 or not 0 <= self.min_tissue <= 1 or self.max_tiles < 0:
+        if r.tile_size < 16 or r.mpp <= 0 or not 0 <= r.min_tissue <= 1 or r.max_tiles < 0:
             raise UserError("slides: --tile-size >= 16, --mpp > 0, --min-tissue in 0..1, --max-tiles >= 0")
         if self.workers < 1:
             raise UserError("--workers must be at least 1")
@@ -136,25 +191,25 @@ class ConvertConfig:
         if self.source_name is not None and not SOURCE_NAME.match(self.source_name):
             raise UserError(f"--source {self.source_name!r}: a short name (letters, digits, . _ -; at most 48), "
                             "e.g. the dataset's public name; it is stored in every sample")
-        if self.text not in TEXT_MODES:
-            raise UserError(f"--text {self.text}: use {' or '.join(TEXT_MODES)}")
+        if r.text not in TEXT_MODES:
+            raise UserError(f"--text {r.text}: use {' or '.join(TEXT_MODES)}")
         check_report_dir(self.report_dir, self.local_out)
         from unimed.shards import check_compression, parse_size
 
         try:
-            check_compression(self.compression)
-            parse_size(self.size_limit)
+            check_compression(w.compression)
+            parse_size(w.size_limit)
         except ValueError as exc:
             raise UserError(f"--compression/--size-limit: {exc}") from None
         from unimed.ingest.intensity import parse_windows
 
         try:
-            windows = parse_windows(self.window)
+            windows = parse_windows(r.window)
         except ValueError as exc:
             raise UserError(f"--window: {exc}") from None
-        if windows is not None and self.modality not in ("auto", "ct"):
-            raise UserError(f"--window {self.window} is a Hounsfield window and applies to CT only, "
-                            f"not to --modality {self.modality}")
+        if windows is not None and r.force_modality and r.modality != "ct":
+            raise UserError(f"--window {r.window} is a Hounsfield window and applies to CT only, "
+                            f"not to --force-modality {r.modality}")
 
     @property
     def report_dir(self) -> str:
@@ -231,7 +286,7 @@ def _probe_and_plan(args: tuple[str, str, Options]) -> tuple[list[Task], dict | 
             return [], {"path": path, "reason": safe_reason(exc)}
         tasks = tasks if isinstance(tasks, list) else [tasks]
         for t in tasks:
-            t.extra.setdefault("origin", path)  # the input file a task came from (a manifest's rows)
+            t.origin = t.origin or path  # the input file a task came from (a manifest's rows)
         return tasks, None
     return [], {"path": path, "reason": "no source recognized the file (tried " + "; ".join(tried) + ")"}
 
@@ -256,26 +311,26 @@ def plan(cfg: ConvertConfig, opts: Options, pool: Any = None) -> tuple[list[Task
             rejects.append(reject)
         tasks.extend(tlist)
     # An image a manifest lists is converted with its captions, not a second time on its own.
-    listed = {t.name for t in tasks if t.extra.get("listed")}
+    listed = {t.name for t in tasks if t.listed}
     if listed:
-        tasks = [t for t in tasks if t.extra.get("listed") or t.name not in listed]
+        tasks = [t for t in tasks if t.listed or t.name not in listed]
     loose: list[Task] = []  # --class-folders: images lying directly in an input folder, in no class folder
     for t in tasks:
-        root = roots.get(t.extra.get("origin", t.name), os.path.dirname(t.name))
-        t.extra["source_name"] = cfg.source_name or DEFAULT_SOURCE
+        root = roots.get(t.origin or t.name, os.path.dirname(t.name))
+        t.source_name = cfg.source_name or DEFAULT_SOURCE
         hit = table.lookup(t.name) if table is not None else None
-        if cfg.class_folders and not t.extra.get("listed"):
+        if cfg.class_folders and not t.listed:
             rel = os.path.relpath(t.name, root).split(os.sep)
             if len(rel) > 1:
-                t.extra["labels"] = [rel[0]]
+                t.labels = [rel[0]]
             elif hit is None:
                 loose.append(t)
         if hit is not None:
-            t.extra["labels"] = hit.labels
+            t.labels = hit.labels
             if hit.modality:
                 if hit.modality not in MODALITIES:
                     raise UserError(f"{cfg.labels}: modality {hit.modality} is not one of {', '.join(MODALITIES)}")
-                t.extra["modality"] = hit.modality
+                t.modality = hit.modality
     if loose and len(loose) == len(tasks):
         raise UserError("--class-folders: every image lies directly in " + " ".join(cfg.inputs) + ", in no class "
                         "folder; give the folder that holds the class folders (e.g. BACH/, not BACH/Benign/)")
@@ -288,9 +343,9 @@ def plan(cfg: ConvertConfig, opts: Options, pool: Any = None) -> tuple[list[Task
     first: dict[str, Task] = {}
     unique: list[Task] = []
     for t in sorted(tasks, key=lambda t: t.name):
-        sop = t.extra.get("sop")
+        sop = t.sop
         if sop and sop in first:
-            first[sop].extra.setdefault("alternates", []).append(t.name)
+            first[sop].alternates.append(t.name)
             continue
         if sop:
             first[sop] = t
@@ -341,13 +396,49 @@ def _legacy_sizes(tasks: list[Task], chunk_mb: float, max_tasks: int = 4096) -> 
     return sizes + ([n] if n else [])
 
 
+#: Options of the run, not of the dataset it writes: left out of the fingerprints.
+_RUN_ONLY = ("workers", "engine", "address", "resume", "overwrite", "strict", "progress", "out", "report",
+             "show_paths", "staging")
+#: Settings added after plan files recorded fingerprints: hashed only when set, so a run killed before
+#: they existed still resumes.
+_LATER = ("percentiles", "force_modality")
+
+
+def _settings(cfg: ConvertConfig) -> dict[str, Any]:
+    """The options that shape the dataset, by their flat names (``captions`` for ``banks``)."""
+    flat = {k: v for k, v in asdict(cfg).items() if k not in ("read", "write", *_RUN_ONLY)}
+    flat.update(asdict(cfg.read))
+    flat.update({("captions" if k == "banks" else k): v for k, v in asdict(cfg.write).items()})
+    later = _defaults(Options)
+    return {k: v for k, v in flat.items() if k not in _LATER or v != later[k]}
+
+
+def _job_fingerprint(cfg: ConvertConfig, tasks: list[Task]) -> str:
+    """What every part of a split job shares (``part.json``): the dataset's options, the contents of the
+    label table and caption banks, and the whole plan by paths relative to the inputs' common folder
+    (machines may mount the archive at different paths)."""
+    keep = {k: v for k, v in _settings(cfg).items()
+            if k not in ("inputs", "shard_index", "uid_key_file", "labels", "captions")}
+    h = hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode())
+    for f in [f for f in (cfg.labels, *cfg.write.banks) if f]:
+        with open(f, "rb") as fh:  # read (and checked) by plan already
+            h.update(hashlib.sha256(fh.read()).digest())
+    paths = [p for t in tasks for p in t.paths]
+    try:
+        base = os.path.dirname(os.path.commonpath(paths)) if paths else ""
+    except ValueError:  # relative beside absolute paths: compared as they are
+        base = ""
+    for t in tasks:
+        rel = [os.path.relpath(p, base) if base else p for p in t.paths]
+        h.update(f"{rel}|{t.weight}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
 def _fingerprint(cfg: ConvertConfig, tasks: list[Task]) -> str:
-    keep = {k: v for k, v in asdict(cfg).items()
-            if k not in ("workers", "engine", "address", "resume", "overwrite", "strict", "progress", "out",
-                         "report", "show_paths", "staging")}
+    keep = _settings(cfg)
     h = hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode())
     for t in tasks:
-        h.update(f"{t.paths}|{t.extra.get('alternates')}|{t.weight}\n".encode("utf-8", "surrogateescape"))
+        h.update(f"{t.paths}|{t.alternates or None}|{t.weight}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
@@ -436,11 +527,7 @@ def convert(cfg: ConvertConfig, echo: Any = print) -> dict:
     """
     cfg.check()
     quiet_libraries()
-    opts = Options(modality=cfg.modality, window=cfg.window, axis=cfg.axis,
-                   allow_burned_in=cfg.allow_burned_in, bits=cfg.bits, tile_size=cfg.tile_size, mpp=cfg.mpp,
-                   level=cfg.level, min_tissue=cfg.min_tissue, max_tiles=cfg.max_tiles, text=cfg.text)
-    wopts = WriteOptions(codec=cfg.codec, quality=cfg.quality, max_side=cfg.max_side,
-                         compression=cfg.compression, size_limit=cfg.size_limit, banks=list(cfg.captions))
+    opts, wopts = cfg.read, cfg.write
     from unimed.ingest.captions import CaptionEngine
 
     CaptionEngine(wopts.banks)  # a broken bank is a UserError now, not a reject per image later
@@ -460,8 +547,8 @@ def convert(cfg: ConvertConfig, echo: Any = print) -> dict:
     if os.path.isdir(out) and os.listdir(out) and not cfg.resume:
         raise UserError(f"{out} is not empty: pass --resume to continue an interrupted run, --overwrite to start "
                         "again, or choose a new --out")
-    if cfg.window not in ("auto", "file") and cfg.modality == "auto":
-        echo(f"note: --window {cfg.window} applies to CT images only; other images keep their own windowing")
+    if opts.window not in ("auto", "file") and not (opts.force_modality and opts.modality == "ct"):
+        echo(f"note: --window {opts.window} applies to CT images only; other images keep their own windowing")
     cluster = None
     if cfg.engine == "ray":  # joined before any folder is made: a cluster not found leaves nothing behind
         from unimed.ingest.ray_engine import RayEngine
@@ -511,6 +598,7 @@ def _convert_locked(cfg: ConvertConfig, opts: Options, wopts: WriteOptions, key:
         summary["seconds"] = round(time.perf_counter() - start, 3)
         summary["images_per_second"] = round(summary["images"] / summary["seconds"], 2) if summary["seconds"] else 0
         write_summary(out, summary)
+        finish_part(out)
         if publisher is not None:
             publisher.publish(summary)
     return summary
@@ -547,6 +635,8 @@ def _run(cfg: ConvertConfig, opts: Options, wopts: WriteOptions, key: bytes, ech
         chunks = _chunks(tasks, prefix, cfg.chunk_mb, slots, sizes)
         with open(plan_file, "w") as fh:
             json.dump({"fingerprint": fp, "tasks": len(tasks), "chunks": [len(c.tasks) for c in chunks]}, fh)
+        write_part(out, have=[cfg.shard_index], parts=cfg.num_shards, job=_job_fingerprint(cfg, all_tasks),
+                   key=key_fingerprint(key), chunks=[c.name for c in chunks], finished=False)
         if cfg.shard_index == 0 or cfg.num_shards == 1:  # planning rejects are reported once
             for r in plan_rejects:
                 r["uid"], r["path"] = reject_uid(key, r["path"]), shown_path(r["path"])

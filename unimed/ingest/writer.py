@@ -17,7 +17,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from unimed.errors import safe_reason, shown_path
@@ -36,7 +36,8 @@ PARTS_DIR = "parts"  # per-chunk and per-plan reject lists with paths, in the re
 
 @dataclass
 class WriteOptions:
-    """How items become samples: codec, size, compression, captions."""
+    """How items become samples: codec, size, compression, captions (``ConvertConfig.write``; the
+    ``ingest convert`` flags take their defaults from these fields)."""
 
     codec: str = "jpeg"
     quality: int = 90
@@ -61,7 +62,7 @@ def _sample(item: Any, task: Task, engine: CaptionEngine, wopts: WriteOptions, k
         if codec == "jpeg" and pixels.dtype != "uint8":
             codec = "png"  # 16-bit never goes through JPEG
         data = intensity.encode(pixels, codec, wopts.quality)
-    labels = list(task.extra.get("labels") or item.labels)
+    labels = list(task.labels or item.labels)
     # Free-text captions first; label captions beside them only when there are labels (a bank's
     # generic "unlabeled" phrasings would only dilute a real caption).
     captions = _label_captions(engine, item.modality, labels, item.anatomy) if labels or not item.texts else []
@@ -79,7 +80,7 @@ def _sample(item: Any, task: Task, engine: CaptionEngine, wopts: WriteOptions, k
         "captions": captions,
         "modality": item.modality,
         "labels": labels,
-        "source": task.extra.get("source_name", "unknown"),
+        "source": task.source_name,
         "uid": keyed_uid(key, item.key),
         "patient": keyed_patient(key, item.patient),
         "study": keyed_study(key, item.study),
@@ -124,8 +125,7 @@ def _convert_copies(task: Task, opts: Options, engine: CaptionEngine, wopts: Wri
     The first copy (in path order) that converts is kept; every other copy becomes a reject saying
     why, so a truncated re-sent copy never displaces a good original.
     """
-    copies = [task] + [Task(task.source, [p], task.weight, {**task.extra, "alternates": []})
-                       for p in task.extra.get("alternates", [])]
+    copies = [task] + [replace(task, paths=[p], alternates=[]) for p in task.alternates]
     failed: list[tuple[str, str]] = []
     for i, copy in enumerate(copies):
         samples, reason = _convert_task(copy, opts, engine, wopts, key)

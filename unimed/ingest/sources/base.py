@@ -10,16 +10,21 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import logging
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Item", "Task", "Source", "Options", "register", "registry", "get_source", "TIMES", "timed"]
+__all__ = ["Item", "Task", "SeriesPlace", "SlideTiling", "ManifestEntry", "Source", "Options", "register",
+           "registry", "get_source", "TIMES", "timed"]
+
+log = logging.getLogger("unimed.ingest")
 
 #: Seconds spent per stage in this process (``decode`` is measured by sources; the rest by the writer).
 TIMES: dict[str, float] = {}
@@ -37,9 +42,10 @@ def timed(stage: str) -> Iterator[None]:
 
 @dataclass
 class Options:
-    """Conversion options every source may read (built from the CLI flags)."""
+    """Conversion options every source may read (``ConvertConfig.read``; the ``ingest convert`` flags
+    take their defaults from these fields)."""
 
-    modality: str = "auto"
+    modality: str = "auto"  # for inputs that carry none (auto: reject those); DICOM keeps its own
     window: str = "auto"  # auto | file | NAME[,NAME,NAME] (CT Hounsfield windows, several -> channels)
     axis: str = "auto"  # volumes: auto (acquisition plane) | axial | coronal | sagittal | 0 | 1 | 2
     percentiles: tuple[float, float] = (0.5, 99.5)
@@ -51,6 +57,7 @@ class Options:
     min_tissue: float = 0.5  # slides: fraction of a tile that must be tissue
     max_tiles: int = 1000  # slides: at most this many tiles per slide (0: no cap)
     text: str = "scrub"  # free text: scrub (remove PHI) | findings (keep only clinical-vocabulary sentences)
+    force_modality: bool = False  # ``modality`` replaces the one a file states (else it fills in where none is stated)
 
 
 @dataclass
@@ -77,26 +84,77 @@ class Item:
 
 
 @dataclass
+class SeriesPlace:
+    """Where a single-frame DICOM file lies in its series: read by planning, indexed by ``DicomSource.group``."""
+
+    uid: str  # SeriesInstanceUID (raw: it never reaches a shard)
+    position: float | None = None  # along the slice normal; None where the header gives no geometry
+    instance: int = 0  # InstanceNumber: the tie-break
+    index: int | None = None  # slice index once the series is ordered (a series of one file has none)
+    count: int = 1  # files in the series
+
+
+@dataclass
+class SlideTiling:
+    """The tiling of one DICOM whole-slide level, read by planning."""
+
+    size: tuple[int, int]  # total pixel matrix (columns, rows)
+    tile: tuple[int, int]  # one frame (columns, rows)
+    mpp: float | None  # microns per pixel, None where the file does not say
+    subject: tuple[str, str] = ("", "")  # raw patient and study messages; the writer keeps their keyed hashes
+
+
+@dataclass
+class ManifestEntry:
+    """The rows of an image-text manifest that name one image (texts are cleaned at conversion)."""
+
+    rows: list[int] = field(default_factory=list)  # row numbers, from 1 (rejects name the first)
+    captions: list[str] = field(default_factory=list)
+    reports: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Task:
-    """A unit of work: one source applied to one or more files (a series is several)."""
+    """A unit of work: one source applied to one or more files (a series is several).
+
+    Sources fill what they learn at planning; :func:`unimed.ingest.convert.plan` adds what the run
+    knows (labels, ``--source``, duplicates); the writer and the source read it back at conversion.
+    Plain data only: a task is pickled to worker processes and Ray tasks.
+    """
 
     source: str
     paths: list[str]
     weight: int = 0  # bytes on disk, to balance chunks
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. series position, header facts
+    modality: str | None = None  # decided by planning, a label table or a manifest; None: the source decides
+    labels: list[str] = field(default_factory=list)  # from --labels, --class-folders or a manifest
+    source_name: str = "unknown"  # the dataset name (--source)
+    origin: str | None = None  # the input file the task was planned from (a manifest for its rows)
+    alternates: list[str] = field(default_factory=list)  # other copies of one DICOM instance, in path order
+    sop: str | None = None  # DICOM SOP Instance UID (raw): duplicates and the sample key
+    frames: int = 1  # frames in the file
+    header: Any = None  # the parsed header, kept where conversion can read the pixel bytes directly
+    series: SeriesPlace | None = None  # single-frame DICOM files of a series
+    tiling: SlideTiling | None = None  # DICOM whole-slide files
+    manifest: ManifestEntry | None = None  # images a manifest lists
+    overridden: str | None = None  # the coded modality the file states that --force-modality replaced
 
     @property
     def name(self) -> str:
         """The path reported in progress lines and rejects."""
         return self.paths[0]
 
+    @property
+    def listed(self) -> bool:
+        """Whether a manifest lists this image (it is then converted with its captions, not on its own)."""
+        return self.manifest is not None
+
 
 class Source:
-    """Base class of an input kind. Subclasses set ``name``, ``requires`` and implement the methods."""
+    """Base class of an input kind. Subclasses set ``name``, ``priority``, ``requires`` and implement the methods."""
 
     name: str = ""
+    priority: int = 100  # probe order, lowest first (see :func:`registry`)
     requires: tuple[str, ...] = ()  # importable modules this source needs
-    suffixes: tuple[str, ...] = ()
 
     @classmethod
     def missing(cls) -> list[str]:
@@ -116,6 +174,14 @@ class Source:
         """Yield the 2D images of a task. Raises RejectError for an input it cannot convert."""
         raise NotImplementedError
 
+    def group(self, tasks: list[Task]) -> list[Task]:
+        """Finish the plan of this source's tasks, once a run, in the main process (e.g. order a series).
+
+        The base reports, in one warning, the files whose stated modality ``--force-modality`` replaced.
+        """
+        warn_forced(tasks)
+        return tasks
+
 
 @functools.cache
 def _importable(module: str) -> bool:
@@ -134,10 +200,16 @@ def register(cls: type[Source]) -> type[Source]:
 
 
 def registry() -> dict[str, Source]:
-    """All registered sources in probe order (manifests, slides, then DICOM: a slide may be DICOM or TIFF)."""
+    """All registered sources in probe order: by ``priority``, then name, whatever the import order.
+
+    manifest 10, slide 20, dicom 30, image 40, nifti 50: a manifest is a CSV/JSON file no other source
+    reads; a slide is a tiled TIFF (which the image source would read whole) or a DICOM whole-slide file
+    (which the DICOM source would read as one huge image), so both come before DICOM and plain images;
+    NIfTI is recognized by its name alone, so it comes last.
+    """
     from unimed.ingest import sources  # noqa: F401  (importing the package registers the sources)
 
-    return dict(_REGISTRY)
+    return {s.name: s for s in sorted(_REGISTRY.values(), key=lambda s: (s.priority, s.name))}
 
 
 def get_source(name: str) -> Source:
@@ -145,4 +217,14 @@ def get_source(name: str) -> Source:
     return registry()[name]
 
 
-Probe = Callable[[Path, bytes], bool]
+def warn_forced(tasks: list[Task]) -> None:
+    """One warning for the tasks whose file states a modality that ``--force-modality`` replaced.
+
+    Only coded values reach it (``Task.overridden`` holds an allow-listed DICOM Modality term).
+    """
+    forced = [t for t in tasks if t.overridden]
+    if not forced:
+        return
+    counts = Counter(t.overridden for t in forced)
+    stated = ", ".join(f"{code} in {n} file{'s' if n > 1 else ''}" for code, n in sorted(counts.items()))
+    log.warning("--force-modality %s: overrides the modality the files state (%s)", forced[0].modality, stated)

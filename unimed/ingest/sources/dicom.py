@@ -5,8 +5,10 @@ plugins. Each header is parsed once: planning reads it with :mod:`unimed.ingest.
 common little-endian syntaxes; pydicom for the rest) and keeps it in the task, and conversion of an
 uncompressed single-frame image then reads only its pixel bytes; every other file is read whole by
 pydicom at conversion. Single-frame files of one series are ordered along the slice normal, then by
-InstanceNumber, and carry their slice index. Intensity follows :mod:`unimed.ingest.intensity`:
-modality LUT (rescale), window (CT: a Hounsfield window, the one ``--window`` names or soft tissue;
+InstanceNumber, and carry their slice index. A file keeps the modality its coded Modality names
+(:data:`MODALITY_MAP`); ``--modality`` fills in where it names none, and replaces it only with
+``--force-modality`` (one warning a run counts the files it overrode). Intensity follows
+:mod:`unimed.ingest.intensity`: modality LUT (rescale), window (CT: a Hounsfield window, the one ``--window`` names or soft tissue;
 ``--window file`` and every other modality: the file's VOI LUT or window, else percentiles, so a
 Hounsfield window never reaches an X-ray or MR image), MONOCHROME1 inverted after windowing; colour
 images converted to RGB. A multi-frame file scaled by percentiles takes them over all its frames
@@ -26,11 +28,11 @@ import numpy as np
 from unimed.errors import RejectError, safe_reason
 from unimed.ingest import deid, intensity
 from unimed.ingest.dicom_header import Header, read_header, read_native
-from unimed.ingest.sources.base import Item, Options, Source, Task, register, timed
+from unimed.ingest.sources.base import Item, Options, SeriesPlace, Source, Task, register, timed
 
-__all__ = ["DicomSource", "MODALITY_MAP", "dicom_frame_to_display", "percentile_range"]
+__all__ = ["DicomSource", "MODALITY_MAP", "dicom_frame_to_display", "file_modality", "percentile_range"]
 
-#: DICOM Modality -> unimed modality. Anything else is rejected unless --modality is given.
+#: DICOM Modality -> unimed modality. A file with any other value (or none) takes --modality, or is rejected.
 MODALITY_MAP: dict[str, str] = {
     "CR": "xray",
     "DX": "xray",
@@ -104,14 +106,26 @@ def _read_header(path: Path) -> Any:
     return header if header is not None else dcmread(path, header_only=True)
 
 
-def _modality(ds: Any, opts: Options) -> str:
-    if opts.modality != "auto":
-        return opts.modality
+def file_modality(ds: Any, opts: Options, fallback: str | None = None) -> tuple[str, str | None]:
+    """The unimed modality of a DICOM file, and the coded Modality it states where ``--force-modality``
+    replaced it (else None).
+
+    A file whose Modality maps to a unimed modality (:data:`MODALITY_MAP`) keeps it; ``--modality``
+    is the value for a file that states none (missing, free text, or a term with no unimed modality),
+    and replaces the file's own only with ``--force-modality``. Without either, ``fallback`` (a whole-
+    slide file is pathology) or a RejectError. Only coded values are returned or put in a reason.
+    """
     code = deid.coded_modality(ds.get("Modality", "")) or ""
-    if code not in MODALITY_MAP:
-        shown = code or ("missing" if not str(ds.get("Modality", "")).strip() else "not a coded value")
-        raise RejectError(f"DICOM modality {shown} has no unimed modality; pass --modality to set one")
-    return MODALITY_MAP[code]
+    stated = MODALITY_MAP.get(code)
+    given = None if opts.modality == "auto" else opts.modality
+    if given is not None and (stated is None or opts.force_modality):
+        return given, (code if stated is not None and stated != given else None)
+    if stated is not None:
+        return stated, None
+    if fallback is not None:
+        return fallback, None
+    shown = code or ("missing" if not str(ds.get("Modality", "")).strip() else "not a coded value")
+    raise RejectError(f"DICOM modality {shown} has no unimed modality; pass --modality to set one")
 
 
 def _slice_position(ds: Any) -> float | None:
@@ -289,58 +303,58 @@ def dicom_frame_to_display(
     return transfer(x), meta
 
 
+#: Names a DICOM file may have without its DICM preamble marker (a bare data set).
+_SUFFIXES = (".dcm", ".dicom", ".dic")
+
+
 @register
 class DicomSource(Source):
     """DICOM Part 10 files (with or without preamble), single- and multi-frame, grouped into series."""
 
     name = "dicom"
+    priority = 30  # after slides (a whole-slide DICOM file is theirs), before plain images
     requires = ("pydicom",)
-    suffixes = (".dcm", ".dicom", ".dic")
 
     def probe(self, path: Path, head: bytes) -> bool:
-        return head[128:132] == b"DICM" or path.suffix.lower() in self.suffixes
+        return head[128:132] == b"DICM" or path.suffix.lower() in _SUFFIXES
 
     def plan(self, path: Path, opts: Options) -> Task:
         ds = _read_header(path)
         if "Rows" not in ds or "Columns" not in ds:  # every image IOD has them; SR, RT plans do not
             sop = getattr(ds.get("SOPClassUID"), "name", "unknown SOP class")
             raise RejectError(f"DICOM file holds no image ({sop})")
-        modality = _modality(ds, opts)
+        modality, overridden = file_modality(ds, opts)
         deid.check_burned_in(ds, opts.allow_burned_in)
         frames = int(_first(ds.get("NumberOfFrames")) or 1)
-        sop_uid = str(ds.get("SOPInstanceUID", "")) or None
-        extra = {
-            "modality": modality,
-            "frames": frames,
-            "sop": sop_uid,
-            "series": str(ds.get("SeriesInstanceUID", "")) or None,
-            "position": _slice_position(ds),
-            "instance": int(_first(ds.get("InstanceNumber")) or 0),
-            "header": ds if isinstance(ds, Header) and ds.native is not None and frames == 1 else None,
-        }
+        series_uid = str(ds.get("SeriesInstanceUID", "")) or None
+        series = None
+        if series_uid and frames == 1:
+            series = SeriesPlace(series_uid, _slice_position(ds), int(_first(ds.get("InstanceNumber")) or 0))
         size = ds.stamp[1] if isinstance(ds, Header) else path.stat().st_size
-        return Task(self.name, [str(path)], weight=size, extra=extra)
+        return Task(
+            self.name, [str(path)], weight=size, modality=modality, overridden=overridden, frames=frames,
+            sop=str(ds.get("SOPInstanceUID", "")) or None, series=series,
+            header=ds if isinstance(ds, Header) and ds.native is not None and frames == 1 else None,
+        )
 
-    @staticmethod
-    def group(tasks: list[Task]) -> list[Task]:
+    def group(self, tasks: list[Task]) -> list[Task]:
         """Order the single-frame files of each series along the slice normal; mark slice indices."""
-        series: dict[str, list[Task]] = {}
+        series: dict[str, list[tuple[SeriesPlace, Task]]] = {}
         for t in tasks:
-            if t.extra.get("series") and t.extra.get("frames", 1) == 1:
-                series.setdefault(t.extra["series"], []).append(t)
+            if t.series is not None:
+                series.setdefault(t.series.uid, []).append((t.series, t))
         for members in series.values():
             if len(members) < 2:
                 continue
-            have_pos = all(m.extra.get("position") is not None for m in members)
-            members.sort(key=lambda m: ((m.extra["position"] if have_pos else 0.0), m.extra["instance"], m.name))
-            for i, m in enumerate(members):
-                m.extra["slice_index"] = i
-                m.extra["n_slices"] = len(members)
-        return tasks
+            have_pos = all(place.position is not None for place, _ in members)
+            members.sort(key=lambda pt: ((pt[0].position if have_pos else 0.0), pt[0].instance, pt[1].name))
+            for i, (place, _) in enumerate(members):
+                place.index, place.count = i, len(members)
+        return super().group(tasks)
 
     def iter_items(self, task: Task, opts: Options) -> Iterator[Item]:
         path = task.paths[0]
-        ds, first = task.extra.get("header"), None
+        ds, first = task.header, None
         if ds is not None and ds.fresh(path):  # planning kept the header: read the pixel bytes only
             try:
                 with timed("decode"):
@@ -350,18 +364,18 @@ class DicomSource(Source):
         if first is None:
             with timed("decode"):
                 ds = dcmread(path)
-            if task.extra.get("frames", 1) == 1:
+            if task.frames == 1:
                 try:
                     with timed("decode"):
                         first = ds.pixel_array
                 except Exception as exc:
                     raise RejectError(f"cannot decode pixel data ({safe_reason(exc)})") from None
-        modality = task.extra.get("modality") or _modality(ds, opts)
+        modality = task.modality or file_modality(ds, opts)[0]
         base_meta = deid.allowed_meta(ds)
         patient, study = deid.subject(ds)
-        sop = task.extra.get("sop")
+        sop = task.sop
         identity = f"dicom:{sop}" if sop else "dicom-bytes:" + hashlib.sha1(Path(path).read_bytes()).hexdigest()
-        frames = task.extra.get("frames", 1)
+        frames = task.frames
         try:
             if frames == 1:
                 it: Iterator[np.ndarray] = iter([first])
@@ -387,8 +401,8 @@ class DicomSource(Source):
                 meta = {**base_meta, **meta}
                 if frames > 1:
                     meta.update(frame=i, n_frames=frames)
-                if "slice_index" in task.extra:
-                    meta.update(slice_index=task.extra["slice_index"], n_slices=task.extra["n_slices"])
+                if task.series is not None and task.series.index is not None:
+                    meta.update(slice_index=task.series.index, n_slices=task.series.count)
                 yield Item(
                     pixels=pixels,
                     modality=modality,

@@ -3,7 +3,8 @@
 Frames are the stored tiles of the total pixel matrix (``TILED_FULL``: row by row); each is decoded on
 its own by pydicom, so memory stays that of a few tiles. Label and overview images (which show the
 slide label) are rejected; the burned-in gate of :mod:`unimed.ingest.deid` applies as for any DICOM
-file. Resolution comes from the shared pixel measures (millimetres per pixel).
+file. Resolution comes from the shared pixel measures (millimetres per pixel). The modality is the
+file's (SM: pathology); ``--modality`` fills in where it states none, ``--force-modality`` replaces it.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import numpy as np
 
 from unimed.errors import RejectError, safe_reason
 from unimed.ingest import deid
-from unimed.ingest.sources.base import Item, Options, Task
-from unimed.ingest.sources.slide import TiledReader, tile_items
+from unimed.ingest.sources.base import Item, Options, SlideTiling, Task
+from unimed.ingest.sources.dicom import file_modality
+from unimed.ingest.sources.tiles import TiledReader, tile_items
 
 __all__ = ["plan", "iter_items", "DicomSlide"]
 
@@ -53,16 +55,16 @@ def plan(path: Path, opts: Options) -> Task:
     if org != "TILED_FULL":
         shown = org if org in ("TILED_SPARSE", "3D", "3D_TEMPORAL") else "another"  # echo coded values only
         raise RejectError(f"DICOM slide with {shown} organization is not supported (TILED_FULL only)")
-    extra = {
-        "kind": "dicom",
-        "sop": str(ds.get("SOPInstanceUID", "")) or None,
-        "size": (int(ds.get("TotalPixelMatrixColumns") or ds.Columns), int(ds.get("TotalPixelMatrixRows") or ds.Rows)),
-        "tile": (int(ds.Columns), int(ds.Rows)),
-        "frames": int(ds.get("NumberOfFrames") or 1),
-        "mpp": _mpp(ds),
-        "subject": deid.subject(ds),  # raw; the writer keeps only the keyed hashes
-    }
-    return Task("slide", [str(path)], weight=min(path.stat().st_size, 1 << 30), extra=extra)
+    modality, overridden = file_modality(ds, opts, fallback="pathology")
+    tiling = SlideTiling(
+        size=(int(ds.get("TotalPixelMatrixColumns") or ds.Columns), int(ds.get("TotalPixelMatrixRows") or ds.Rows)),
+        tile=(int(ds.Columns), int(ds.Rows)),
+        mpp=_mpp(ds),
+        subject=deid.subject(ds),  # raw; the writer keeps only the keyed hashes
+    )
+    return Task("slide", [str(path)], weight=min(path.stat().st_size, 1 << 30), modality=modality,
+                sop=str(ds.get("SOPInstanceUID", "")) or None, frames=int(ds.get("NumberOfFrames") or 1),
+                tiling=tiling, overridden=overridden)
 
 
 class DicomSlide(TiledReader):
@@ -83,14 +85,16 @@ class DicomSlide(TiledReader):
         return pixel_array(self.path, index=index)
 
 
-def iter_items(task: Task, opts: Options, modality: str) -> Iterator[Item]:
-    """The tiles of one DICOM slide level."""
-    ex = task.extra
-    reader = DicomSlide(task.paths[0], tuple(ex["size"]), tuple(ex["tile"]), ex["frames"])
-    identity = f"dicom-slide:{ex['sop'] or task.paths[0]}"
-    patient, study = ex.get("subject") or ("", "")
+def iter_items(task: Task, opts: Options) -> Iterator[Item]:
+    """The tiles of one DICOM slide level (a task :func:`plan` made)."""
+    tiling = task.tiling
+    assert tiling is not None, "a DICOM slide task carries its tiling"
+    reader = DicomSlide(task.paths[0], tiling.size, tiling.tile, task.frames)
+    identity = f"dicom-slide:{task.sop or task.paths[0]}"
+    modality = task.modality or "pathology"
+    patient, study = tiling.subject
     try:
-        for item in tile_items(reader, reader.sizes, ex["mpp"], identity, modality, opts):
+        for item in tile_items(reader, reader.sizes, tiling.mpp, identity, modality, opts):
             item.patient, item.study = patient, study
             yield item
     except RejectError:

@@ -49,8 +49,8 @@ class ImageSource(Source):
     """PNG, JPEG and TIFF files."""
 
     name = "image"
+    priority = 40  # after slides: a tiled pyramid TIFF is a slide, read tile by tile, not whole
     requires = ("PIL",)
-    suffixes = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
     def probe(self, path: Path, head: bytes) -> bool:
         return any(head.startswith(m) for m in _MAGIC)
@@ -60,7 +60,7 @@ class ImageSource(Source):
 
     def iter_items(self, task: Task, opts: Options) -> Iterator[Item]:
         path = task.paths[0]
-        modality = task.extra.get("modality") or opts.modality
+        modality = task.modality or opts.modality
         if modality == "auto":
             raise RejectError("plain image carries no modality; pass --modality or a modality column in --labels")
         try:

@@ -30,7 +30,7 @@ from typing import Any
 
 from unimed.errors import RejectError
 from unimed.ingest import reports
-from unimed.ingest.sources.base import Item, Options, Source, Task, register, registry
+from unimed.ingest.sources.base import Item, ManifestEntry, Options, Source, Task, register, registry
 from unimed.schema import MODALITIES
 
 __all__ = ["ManifestSource", "read_manifest", "MODALITY_ALIASES"]
@@ -140,8 +140,8 @@ class ManifestSource(Source):
     """CSV, JSON Lines and Parquet image-text manifests."""
 
     name = "manifest"
+    priority = 10  # first: a CSV or JSON file no other source reads, listing images the others then read
     requires = ()
-    suffixes = _SUFFIXES
 
     def probe(self, path: Path, head: bytes) -> bool:
         kind = _kind(path)
@@ -169,44 +169,40 @@ class ManifestSource(Source):
                     weight = os.path.getsize(full)
                 except OSError:
                     weight = 0  # a missing image is rejected when its task runs
-                task = Task(self.name, [full], weight=weight,
-                            extra={"listed": True, "manifest": path.name, "rows": [], "captions": [],
-                                   "reports": [], "labels": []})
-                by_image[full] = task
-            ex = task.extra
-            ex["rows"].append(n)
-            ex["captions"] += _as_list(row.get("caption")) + _as_list(row.get("captions")) + _as_list(row.get("text"))
+                task = by_image[full] = Task(self.name, [full], weight=weight, manifest=ManifestEntry())
+            entry = task.manifest
+            assert entry is not None
+            entry.rows.append(n)
+            entry.captions += _as_list(row.get("caption")) + _as_list(row.get("captions")) + _as_list(row.get("text"))
             report = str(row.get("report") or "").strip()
             if row.get("findings") or row.get("impression"):
                 report += f" FINDINGS: {row.get('findings') or ''} IMPRESSION: {row.get('impression') or ''}"
             if report.strip():
-                ex["reports"].append(report)
-            ex["labels"] += [lab for lab in _as_list(row.get("labels")) if lab not in ex["labels"]]
+                entry.reports.append(report)
+            task.labels += [lab for lab in _as_list(row.get("labels")) if lab not in task.labels]
             mod = _modality(row.get("modality"))
             if mod:
-                ex["modality"] = mod
+                task.modality = mod
         if not by_image:
             raise RejectError("manifest lists no images (empty, or no image column values)")
-        for task in by_image.values():
-            if not task.extra["labels"]:
-                del task.extra["labels"]
         return list(by_image.values())
 
     def iter_items(self, task: Task, opts: Options) -> Iterator[Item]:
-        ex = task.extra
-        where = f"manifest row {ex['rows'][0]}"  # the manifest's name is a path: it stays in the report
+        entry = task.manifest
+        assert entry is not None, "a manifest task carries its rows"
+        where = f"manifest row {entry.rows[0]}"  # the manifest's name is a path: it stays in the report
         path = Path(task.paths[0])
         if not path.is_file():
             raise RejectError(f"image file not found ({where})")
-        modality = ex.get("modality")
+        modality = task.modality
         if modality and modality not in MODALITIES:
             # The cell is free text: it is not echoed (the report folder has the manifest's path).
             raise RejectError(f"the modality column holds none of {', '.join(MODALITIES)} ({where})")
-        texts = [c for t in ex["captions"] if (c := reports.clean_text(t, mode=opts.text))]
-        for rep in ex["reports"]:
+        texts = [c for t in entry.captions if (c := reports.clean_text(t, mode=opts.text))]
+        for rep in entry.reports:
             texts += reports.report_captions(rep, mode=opts.text)
         texts = list(dict.fromkeys(texts))
-        if not texts and not ex.get("labels"):
+        if not texts and not task.labels:
             raise RejectError(f"no caption left after cleaning ({where})")
         inner_opts = dataclasses.replace(opts, modality=modality) if modality else opts
         with open(path, "rb") as fh:
@@ -219,8 +215,7 @@ class ManifestSource(Source):
         planned = source.plan(path, inner_opts)
         for inner in planned if isinstance(planned, list) else [planned]:
             if modality:
-                inner.extra["modality"] = modality
+                inner.modality = modality
             for item in source.iter_items(inner, inner_opts):
                 item.texts = texts + item.texts
                 yield item
-

@@ -79,8 +79,8 @@ class NiftiSource(Source):
     """NIfTI-1 and NIfTI-2 volumes."""
 
     name = "nifti"
+    priority = 50  # last: recognized by its name alone (NIfTI has no magic at the start of a .nii.gz)
     requires = ("nibabel",)
-    suffixes = (".nii", ".nii.gz")
 
     def probe(self, path: Path, head: bytes) -> bool:
         name = path.name.lower()
@@ -93,7 +93,7 @@ class NiftiSource(Source):
         import nibabel as nib
 
         path = task.paths[0]
-        modality = task.extra.get("modality") or opts.modality
+        modality = task.modality or opts.modality
         if modality == "auto":
             raise RejectError("NIfTI carries no modality; pass --modality (e.g. ct or mri) or a modality column in --labels")
         try:
