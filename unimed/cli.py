@@ -1,9 +1,10 @@
-"""The ``unimed`` command: ``demo``, ``train``, ``eval zeroshot|retrieval|linear-probe``, ``export``, ``import``
-and ``leakage``."""
+"""The ``unimed`` command: ``demo``, ``train``, ``eval zeroshot|retrieval|linear-probe``, ``export``, ``import``,
+``leakage`` and ``tokenizer``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from unimed.errors import UserError
@@ -78,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     lk.add_argument("--sheet", help="contact sheet PNG of the pairs")
     lk.add_argument("--drop", metavar="OUT", help="write the training set without them into a new MDS folder")
     lk.add_argument("--json", help="the full report (every pair, by uid) as JSON")
+    tk = sub.add_parser("tokenizer", help="train a WordPiece tokenizer on the captions of an MDS folder")
+    tk.add_argument("dir", help="a folder written by `ingest convert`")
+    tk.add_argument("--out", help="tokenizer folder (default DIR/tokenizer)")
+    tk.add_argument("--vocab-size", type=int, default=8192)
+    tk.add_argument("--context-length", type=int, default=256)
     return parser
 
 
@@ -120,6 +126,20 @@ def _leakage(args: argparse.Namespace) -> None:
             json.dump(report, fh, indent=2)
 
 
+def _tokenizer(args: argparse.Namespace) -> None:
+    from unimed.shards import read_index
+
+    if not os.path.isdir(args.dir):
+        raise UserError(f"{args.dir}: no such folder")
+    if not any(shard.get("samples") for shard in read_index(args.dir)["shards"]):  # not shards: a one-line error
+        raise UserError(f"{args.dir}: holds no samples, so no captions to train a tokenizer on")
+    from unimed.streaming.tokenizer import train_tokenizer
+
+    out = args.out or os.path.join(args.dir, "tokenizer")
+    train_tokenizer(args.dir, out, vocab_size=args.vocab_size, context_length=args.context_length)
+    print(f"tokenizer saved to {out}")
+
+
 def _run(args: argparse.Namespace) -> None:
     common = {}
     if args.cmd == "eval":
@@ -149,6 +169,8 @@ def _run(args: argparse.Namespace) -> None:
         _train(args)
     elif args.cmd == "leakage":
         _leakage(args)
+    elif args.cmd == "tokenizer":
+        _tokenizer(args)
     elif args.cmd == "import":
         from unimed.export import run_import
 

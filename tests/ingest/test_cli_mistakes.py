@@ -45,11 +45,37 @@ def converted_nothing(tmp_path, capsys):
 
 
 def test_tokenizer_on_a_folder_without_samples_says_so(converted_nothing, capsys):
+    from unimed import cli as unimed_cli
+
     out = converted_nothing
-    assert cli.main(["tokenizer", str(out)]) == 2
+    assert unimed_cli.main(["tokenizer", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no samples" in err
     assert not (out / "tokenizer").exists()
+    assert unimed_cli.main(["tokenizer", str(out.parent / "in")]) == 2  # a folder of inputs, not shards
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no index.json" in err
+
+
+def test_ingest_tokenizer_moved_to_unimed(converted_nothing, capsys):
+    assert cli.main(["tokenizer", str(converted_nothing)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "use `unimed tokenizer DIR`" in err
+
+
+def test_modality_and_force_modality_together_is_one_line(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(pydicom_dir() / "CT_small.dcm", src)
+    rc = cli.main(["convert", str(src), "--out", str(tmp_path / "o"), "--modality", "ct", "--force-modality", "mri",
+                   "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "--modality and --force-modality: give one" in err
+    assert cli.main(["convert", str(src), "--out", str(tmp_path / "o"), "--force-modality", "auto",
+                     "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--force-modality auto: use one of" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_verify_and_inspect_on_a_run_that_converted_nothing(converted_nothing, capsys):
@@ -99,9 +125,12 @@ def test_merge_refuses_a_folder_without_chunk_folders(tmp_path, capsys):
     shutil.copy(pydicom_dir() / "CT_small.dcm", raw)
     assert cli.main(["merge", str(raw)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no complete chunk folder" in err
+    assert err.count("\n") == 1 and "no complete chunk folder" in err and "ingest merge OUT PART" in err
+    assert cli.main(["merge", str(tmp_path / "merged"), str(raw)]) == 2  # a raw folder given as a part
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not the --out of `ingest convert`" in err
     assert sorted(p.name for p in raw.iterdir()) == ["CT_small.dcm"]  # nothing written into it
-    assert not (tmp_path / "images.report").exists()
+    assert not (tmp_path / "images.report").exists() and not (tmp_path / "merged").exists()
     assert cli.main(["merge", str(tmp_path / "missing")]) == 2
     assert "no such folder" in capsys.readouterr().err
 

@@ -27,3 +27,23 @@ def test_caption_tokenizer_fixed_length(tokenizer_dir):
     assert long[0] == cls_id and long[-1] == sep_id and pad_id not in long
     hf = tok.tokenizer("ct scan", max_length=12, padding="max_length", truncation=True)["input_ids"]
     assert short.tolist() == hf  # the fast path agrees with transformers' own call
+
+
+def test_tokenizer_command_trains_on_the_shard_captions(tmp_path):
+    """``unimed tokenizer`` (it was ``ingest tokenizer``; ingest never imports unimed.streaming) on a folder
+    ``ingest convert`` wrote."""
+    from unimed import cli
+    from unimed.ingest.convert import ConvertConfig, convert
+    from unimed.ingest.synthetic import write_ct_series
+
+    write_ct_series(tmp_path / "in", 12, size=48)
+    out = tmp_path / "out"
+    key = tmp_path / "uid.key"
+    key.write_text("7a" * 32)
+    key.chmod(0o600)
+    convert(ConvertConfig(inputs=[str(tmp_path / "in")], out=str(out), uid_key_file=str(key), progress=False),
+            echo=lambda s: None)
+    assert cli.main(["tokenizer", str(out), "--vocab-size", "120"]) == 0
+    tok = AutoTokenizer.from_pretrained(str(out / "tokenizer"), local_files_only=True)
+    ids = tok("A CT scan of the chest.")["input_ids"]
+    assert tok.unk_token_id not in ids and len(ids) > 3

@@ -1,4 +1,4 @@
-"""The ``ingest`` command: convert, verify, inspect, merge, split, captions, tokenizer.
+"""The ``ingest`` command: convert, verify, inspect, merge, split, captions.
 
 Thin: each subcommand parses flags, builds a config and calls one library function. A
 :class:`~unimed.errors.UserError` is printed as one line and exits 2; tracebacks are for bugs.
@@ -10,6 +10,8 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import MISSING
+from typing import Any
 
 from unimed.errors import UserError
 
@@ -35,79 +37,143 @@ def _compression(text: str) -> str | None:
     return text
 
 
+def _convert_flags() -> list[tuple[str, str, dict[str, Any]]]:
+    """The flags of ``ingest convert`` that set a field of ConvertConfig or of its ``read`` (Options) and
+    ``write`` (WriteOptions): (field name, flag, argparse keywords). Defaults are never written here: each
+    is its field's (:func:`_default`), shown in the help by ``%(default)s``; types come from the defaults."""
+    from unimed.ingest.convert import ENGINES, TEXT_MODES
+    from unimed.schema import CODECS
+
+    return [
+        ("report", "--report", dict(metavar="DIR", help="operator's report folder, outside --out: rejected inputs with "
+                                    "their paths (default OUT.report; for an s3:// --out STAGING.report, never uploaded)")),
+        ("staging", "--staging", dict(metavar="DIR", help="s3:// --out: the local folder chunks are written to before "
+                                      "upload, and the resume state (default: under $UNIMED_CACHE_DIR or ~/.cache/unimed)")),
+        ("show_paths", "--show-paths",
+         dict(help="print rejected inputs by path on stderr (default: by uid; paths may carry patient names)")),
+        ("modality", "--modality", dict(metavar="MODALITY", help="modality of inputs that carry none (PNG/JPEG, NIfTI, "
+                                        "DICOM without Modality; slides are pathology): xray|ct|mri|ultrasound|pathology|fundus|other, "
+                                        "or auto (reject those) (default %(default)s); DICOM keeps its own")),
+        ("force_modality", "--force-modality", dict(metavar="MODALITY", help="modality of every input, whatever it "
+                                                    "carries (DICOM Modality included); not with --modality")),
+        ("labels", "--labels", dict(metavar="CSV", help="label table: path column and labels (or 0/1 class columns)")),
+        ("class_folders", "--class-folders", dict(help="label = first folder below each input folder")),
+        ("banks", "--captions", dict(metavar="BANK.yaml", action="append", help="extra caption bank(s)")),
+        ("source_name", "--source",
+         dict(help="dataset name stored in each sample, e.g. chexpert (default: local; never taken from a path)")),
+        ("text", "--text", dict(choices=TEXT_MODES, help="free text (reports, manifest captions): scrub removes PHI; "
+                                "findings keeps only sentences made of clinical vocabulary (default %(default)s)")),
+        ("workers", "--workers", dict(help="worker processes (default %(default)s); with --engine ray, chunks are cut "
+                                      "for this many tasks or the cluster's CPUs, whichever is more")),
+        ("engine", "--engine", dict(choices=ENGINES, help="local: worker processes on this machine; ray: one Ray task "
+                                    "per chunk, on a cluster sharing the inputs' and --out's file system (pip install "
+                                    "'unimed[ray]') (default %(default)s)")),
+        ("address", "--address", dict(metavar="ADDR", help="--engine ray: the cluster to join (auto, or HOST:PORT of "
+                                      "`ray start --head`; default: $RAY_ADDRESS, else the one `ray start` began here, "
+                                      "else a new one here)")),
+        ("codec", "--codec", dict(choices=CODECS, help="(default %(default)s)")),
+        ("quality", "--quality", dict(help="JPEG quality (default %(default)s)")),
+        ("max_side", "--max-size", dict(help="longer side of stored images in pixels (default %(default)s; 0 keeps the "
+                                        "original)")),
+        ("bits", "--bits", dict(choices=[8, 16], help="16 keeps 16-bit PNG output (default %(default)s)")),
+        ("size_limit", "--size-limit", dict(type=parse_size, help="shard size before compression (default %(default)s)")),
+        ("compression", "--compression", dict(type=_compression, help="zstd[:LEVEL] or none (default %(default)s: 94%% "
+                                              "of level 3's saving at 0.4 of its cost)")),
+        ("num_shards", "--num-shards", dict(help="split the job over K machines (with --shard-index; then `ingest merge "
+                                            "OUT PART...`)")),
+        ("shard_index", "--shard-index", dict(type=int, help="this machine's part, 0..K-1")),
+        ("resume", "--resume", dict(help="continue an interrupted run in --out")),
+        ("overwrite", "--overwrite", dict(help="replace the dataset an earlier run left in --out (and its report folder)")),
+        ("strict", "--strict", dict(help="exit non-zero if any input was rejected")),
+        ("window", "--window", dict(help="auto, file, a named HU window (soft_tissue, lung, bone, brain, ...), C:W, or 3 "
+                                    "as channels (default %(default)s)")),
+        ("axis", "--axis", dict(choices=["auto", "axial", "coronal", "sagittal", "0", "1", "2"],
+                                help="volumes: auto (acquisition plane), axial, coronal, sagittal, or an array axis")),
+        ("allow_burned_in", "--allow-burned-in",
+         dict(help="accept images that may carry burned-in text (only for archives already cleaned)")),
+        ("uid_key_file", "--uid-key-file",
+         dict(help="secret key of the uid hash (default: $UNIMED_UID_KEY or ~/.config/unimed)")),
+        ("tile_size", "--tile-size", dict(help="slides: tile side in pixels (default %(default)s)")),
+        ("mpp", "--mpp", dict(help="slides: microns per pixel of the tiles (default %(default)s, ~20x)")),
+        ("level", "--level", dict(type=int, help="slides: pyramid level instead of --mpp")),
+        ("min_tissue", "--min-tissue", dict(help="slides: tissue fraction a tile needs (default %(default)s)")),
+        ("max_tiles", "--max-tiles", dict(help="slides: tiles per slide at most (0: all; default %(default)s)")),
+        ("chunk_mb", "--chunk-mb", dict(help="input megabytes per resumable chunk (default %(default)s)")),
+        ("progress", "--no-progress", dict(help="no progress line")),
+    ]
+
+
+#: Flags whose parsed value is None when not given (the default is then the field's): --modality and
+#: --force-modality exclude each other; --shard-index is required with --num-shards.
+_UNSET = ("modality", "force_modality", "shard_index")
+
+
+def _default(name: str) -> Any:
+    """The default of the convert setting ``name``: the field of ConvertConfig, Options or WriteOptions."""
+    from unimed.ingest.convert import ConvertConfig
+    from unimed.ingest.sources.base import Options
+    from unimed.ingest.writer import WriteOptions
+
+    for cls in (ConvertConfig, Options, WriteOptions):
+        f = cls.__dataclass_fields__.get(name)
+        if f is not None and f.name not in ("read", "write"):
+            return f.default_factory() if f.default_factory is not MISSING else f.default
+    raise KeyError(name)
+
+
 def _convert_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert DICOM, NIfTI and images into MDS shards")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders (recursive) or globs")
     p.add_argument("--out", required=True,
                    help="dataset folder (MDS shards, index.json, summary.json, rejects.jsonl by uid); names no input "
                         "path; or s3://BUCKET/PREFIX (staged locally, uploaded chunk by chunk, index.json last)")
-    p.add_argument("--report", metavar="DIR",
-                   help="operator's report folder, outside --out: rejected inputs with their paths (default OUT.report; "
-                        "for an s3:// --out STAGING.report, never uploaded)")
-    p.add_argument("--staging", metavar="DIR",
-                   help="s3:// --out: the local folder chunks are written to before upload, and the resume state "
-                        "(default: under $UNIMED_CACHE_DIR or ~/.cache/unimed)")
-    p.add_argument("--show-paths", action="store_true",
-                   help="print rejected inputs by path on stderr (default: by uid; paths may carry patient names)")
-    p.add_argument("--modality", default="auto",
-                   help="xray|ct|mri|ultrasound|pathology|fundus|other, or auto (DICOM Modality; else reject)")
-    p.add_argument("--labels", metavar="CSV", help="label table: path column and labels (or 0/1 class columns)")
-    p.add_argument("--class-folders", action="store_true", help="label = first folder below each input folder")
-    p.add_argument("--captions", metavar="BANK.yaml", action="append", default=[], help="extra caption bank(s)")
-    p.add_argument("--source", dest="source_name",
-                   help="dataset name stored in each sample, e.g. chexpert (default: local; never taken from a path)")
-    p.add_argument("--text", default="scrub", choices=["scrub", "findings"],
-                   help="free text (reports, manifest captions): scrub removes PHI (default); findings keeps only "
-                        "sentences made of clinical vocabulary")
-    p.add_argument("--workers", type=int, default=1,
-                   help="worker processes (default 1); with --engine ray, chunks are cut for this many tasks "
-                        "or the cluster's CPUs, whichever is more")
-    p.add_argument("--engine", default="local", choices=["local", "ray"],
-                   help="local: worker processes on this machine (default); ray: one Ray task per chunk, "
-                        "on a cluster sharing the inputs' and --out's file system (pip install 'unimed[ray]')")
-    p.add_argument("--address", metavar="ADDR",
-                   help="--engine ray: the cluster to join (auto, or HOST:PORT of `ray start --head`; "
-                        "default: $RAY_ADDRESS, else the one `ray start` began here, else a new one here)")
-    p.add_argument("--codec", default="jpeg", choices=["jpeg", "png"])
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
-    p.add_argument("--max-size", dest="max_side", type=int, default=512,
-                   help="longer side of stored images in pixels (default 512; 0 keeps the original)")
-    p.add_argument("--bits", type=int, default=8, choices=[8, 16], help="16 keeps 16-bit PNG output")
-    p.add_argument("--size-limit", type=parse_size, default="64mb", help="shard size before compression")
-    p.add_argument("--compression", type=_compression, default="zstd:1",
-                   help="zstd[:LEVEL] or none (default zstd:1: 94%% of level 3's saving at 0.4 of its cost)")
-    p.add_argument("--num-shards", type=int, default=1, help="split the job over K machines (with --shard-index)")
-    p.add_argument("--shard-index", type=int, default=None, help="this machine's part, 0..K-1")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the dataset an earlier run left in --out (and its report folder)")
-    p.add_argument("--strict", action="store_true", help="exit non-zero if any input was rejected")
-    p.add_argument("--window", default="auto",
-                   help="auto, file, a named HU window (soft_tissue, lung, bone, brain, ...), C:W, or 3 as channels")
-    p.add_argument("--axis", default="auto", choices=["auto", "axial", "coronal", "sagittal", "0", "1", "2"],
-                   help="volumes: auto (acquisition plane), axial, coronal, sagittal, or an array axis")
-    p.add_argument("--allow-burned-in", action="store_true",
-                   help="accept images that may carry burned-in text (only for archives already cleaned)")
-    p.add_argument("--uid-key-file", help="secret key of the uid hash (default: $UNIMED_UID_KEY or ~/.config/unimed)")
-    p.add_argument("--tile-size", type=int, default=256, help="slides: tile side in pixels (default 256)")
-    p.add_argument("--mpp", type=float, default=0.5, help="slides: microns per pixel of the tiles (default 0.5, ~20x)")
-    p.add_argument("--level", type=int, default=None, help="slides: pyramid level instead of --mpp")
-    p.add_argument("--min-tissue", type=float, default=0.5, help="slides: tissue fraction a tile needs (default 0.5)")
-    p.add_argument("--max-tiles", type=int, default=1000, help="slides: tiles per slide at most (0: all)")
-    p.add_argument("--chunk-mb", type=float, default=64.0, help="input megabytes per resumable chunk")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    metavars = {"workers": "N", "quality": "Q", "max_side": "PX", "size_limit": "SIZE", "compression": "ZSTD",
+                "num_shards": "K", "shard_index": "I", "window": "WINDOW", "uid_key_file": "KEY", "tile_size": "PX",
+                "mpp": "MPP", "level": "L", "min_tissue": "F", "max_tiles": "N", "chunk_mb": "MB", "source_name": "NAME"}
+    for name, flag, kw in _convert_flags():
+        kw = dict(kw, dest=name)
+        if name in metavars:
+            kw["metavar"] = metavars[name]
+        default = _default(name)
+        if name == "force_modality":
+            kw.update(default=None)  # a modality, stored as Options(modality=M, force_modality=True)
+        elif isinstance(default, bool):
+            kw.update(action="store_false" if default else "store_true", default=default)
+        elif name in _UNSET:
+            kw.update(default=None)
+            kw["help"] = kw["help"].replace("%(default)s", str(default))
+        else:
+            kw.setdefault("default", default)
+            if "type" not in kw and kw.get("action") != "append" and default is not None:
+                kw["type"] = type(default)
+        p.add_argument(flag, **kw)
+
+
+def _convert_config(args: argparse.Namespace) -> Any:
+    """The ConvertConfig of parsed ``ingest convert`` flags (UserError for flags that contradict)."""
+    from unimed.ingest.convert import ConvertConfig
+
+    kw = {k: v for k, v in vars(args).items() if k not in ("cmd", "func")}
+    forced = kw.pop("force_modality")
+    if forced is not None and kw["modality"] is not None:
+        raise UserError("--modality and --force-modality: give one (--modality for inputs that carry no modality, "
+                        "--force-modality for every input)")
+    if forced is not None:
+        kw.update(modality=forced, force_modality=True)
+    if kw["modality"] is None:
+        del kw["modality"]
+    if kw["shard_index"] is None:
+        if kw["num_shards"] > 1:  # else every machine of the job would convert part 0
+            raise UserError(f"--num-shards {kw['num_shards']} needs --shard-index: this machine's part, "
+                            f"0..{kw['num_shards'] - 1}")
+        del kw["shard_index"]
+    return ConvertConfig(**kw)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from unimed.ingest.convert import ConvertConfig, convert
+    from unimed.ingest.convert import convert
 
-    fields = {k: v for k, v in vars(args).items() if k not in ("cmd", "func")}
-    if fields["shard_index"] is None:
-        if fields["num_shards"] > 1:  # else every machine of the job would convert part 0
-            raise UserError(f"--num-shards {fields['num_shards']} needs --shard-index: this machine's part, "
-                            f"0..{fields['num_shards'] - 1}")
-        fields["shard_index"] = 0
-    cfg = ConvertConfig(**fields)
+    cfg = _convert_config(args)
     summary = convert(cfg, echo=lambda s: print(s, file=sys.stderr))
     mods = ", ".join(f"{k} {v}" for k, v in summary["modality"].items()) or "none"
     rejected = f"{summary['rejects']} rejected"
@@ -125,7 +191,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from unimed.ingest.verify import verify
 
-    faults, counts = verify(args.dir, decode=not args.no_decode)
+    faults, counts = verify(args.dir, decode=not args.no_decode, progress=args.progress)
     for f in faults:
         print(f"fault {f}", file=sys.stderr)
     print(f"{'FAIL' if faults else 'OK'}: {counts['samples']} samples in {counts['shards']} shards, "
@@ -136,7 +202,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from unimed.ingest.inspect import inspect
 
-    info = inspect(args.dir, sheet=args.sheet, per_modality=args.per_modality, seed=args.seed)
+    info = inspect(args.dir, sheet=args.sheet, per_modality=args.per_modality, seed=args.seed, progress=args.progress)
     print(json.dumps({k: info[k] for k in ("samples", "modality", "source")}, indent=2))
     print(f"contact sheet: {info['sheet']}")
     print(f"balance chart: {info['chart']}")
@@ -144,20 +210,20 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from unimed.ingest.lifecycle import check_report_dir, default_report_dir, disk_errors
-    from unimed.ingest.merge import done_chunks, merge, write_summary
+    from unimed.ingest.lifecycle import default_report_dir
+    from unimed.ingest.merge import merge_parts, remerge
 
-    if not os.path.isdir(args.dir):
-        raise UserError(f"{args.dir}: no such folder")
-    if not done_chunks(args.dir):  # e.g. a folder of raw images: nothing to merge, nothing to write into it
-        raise UserError(f"{args.dir}: no complete chunk folder (pNNN-cNNNNN with done.json) of a conversion in it; "
-                        "copy the parts' chunk folders here first (README, Clusters)")
-    report = args.report or default_report_dir(args.dir)
-    check_report_dir(report, args.dir)
-    with disk_errors(args.dir):
-        summary = merge(args.dir, report)
-        write_summary(args.dir, summary)
-    print(f"merged {summary['chunks']} chunk folders: {summary['images']} images")
+    if not args.parts:
+        summary = remerge(args.out, args.report)
+        print(f"merged {summary['chunks']} chunk folders: {summary['images']} images")
+        return 0
+    summary = merge_parts(args.out, args.parts, args.report, progress=args.progress)
+    for p in args.parts:
+        if not os.path.isdir(default_report_dir(p)):
+            print(f"note: {default_report_dir(p)} not found: the merged report lacks the paths of that part's "
+                  "rejects (the dataset's rejects.jsonl has them by uid)", file=sys.stderr)
+    print(f"merged {len(args.parts)} parts ({summary['chunks']} chunk folders): {summary['images']} images, "
+          f"{summary['rejects']} rejected, into {args.out}")
     return 0
 
 
@@ -165,9 +231,14 @@ def _cmd_split(args: argparse.Namespace) -> int:
     from unimed.ingest.split import SplitConfig, report_lines, split
 
     report = split(SplitConfig(folder=args.dir, by=args.by, fractions=args.fractions, seed=args.seed,
-                               out=args.out, names=args.names))
+                               out=args.out, names=args.names, progress=args.progress))
     print("\n".join(report_lines(report)))
     return 0
+
+
+def _progress_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress line (off a terminal it is a plain line every few seconds)")
 
 
 def _split_parser(sub: argparse._SubParsersAction) -> None:
@@ -187,21 +258,8 @@ def _split_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0, help="another seed, another draw (default 0)")
     s.add_argument("--out", metavar="OUTDIR", help="folder of the splits, outside DIR (default DIR.split beside DIR)")
     s.add_argument("--names", help="split folder names, one per fraction (default train,val,test; train,test for two)")
+    _progress_arg(s)
     s.set_defaults(func=_cmd_split)
-
-
-def _cmd_tokenizer(args: argparse.Namespace) -> int:
-    from unimed.ingest.reader import read_index
-    from unimed.streaming.tokenizer import train_tokenizer
-
-    if not os.path.isdir(args.dir):
-        raise UserError(f"{args.dir}: no such folder")
-    if not any(shard.get("samples") for shard in read_index(args.dir)["shards"]):
-        raise UserError(f"{args.dir}: holds no samples, so no captions to train a tokenizer on")
-    out = args.out or os.path.join(args.dir, "tokenizer")
-    train_tokenizer(args.dir, out, vocab_size=args.vocab_size, context_length=args.context_length)
-    print(f"tokenizer saved to {out}")
-    return 0
 
 
 def _cmd_captions(args: argparse.Namespace) -> int:
@@ -234,16 +292,27 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="re-hash shards, decode every image, check schema and counts")
     v.add_argument("dir")
     v.add_argument("--no-decode", action="store_true", help="hashes and schema only")
+    _progress_arg(v)
     v.set_defaults(func=_cmd_verify)
     i = sub.add_parser("inspect", help="counts per modality and source, a contact sheet and a balance chart PNG")
     i.add_argument("dir")
     i.add_argument("--sheet", help="contact sheet path (default DIR.inspect/contact_sheet.png, beside DIR)")
     i.add_argument("--per-modality", type=int, default=6, help="images per modality on the sheet")
     i.add_argument("--seed", type=int, default=0)
+    _progress_arg(i)
     i.set_defaults(func=_cmd_inspect)
-    m = sub.add_parser("merge", help="merge the chunk folders of DIR (e.g. the parts of a split job)")
-    m.add_argument("dir")
-    m.add_argument("--report", metavar="DIR", help="report folder whose parts to gather (default DIR.report)")
+    m = sub.add_parser(
+        "merge", help="merge the parts of a split job (--num-shards) into a new folder OUT",
+        description="Merge the parts of a split job: each PART is the --out of one `ingest convert --num-shards K "
+                    "--shard-index I`. Every part must be there once and finished, all of one job (inputs, options) "
+                    "and one uid key; their chunk folders (hard links where the file system allows), plan-time "
+                    "rejects and report parts (PART.report) go into OUT, then the index. With no PART, OUT is a "
+                    "folder holding a whole conversion whose index.json, rejects.jsonl and summary.json are rebuilt "
+                    "in place.")
+    m.add_argument("out", metavar="OUT", help="the merged dataset folder: new or empty")
+    m.add_argument("parts", nargs="*", metavar="PART", help="the parts' --out folders, one per --shard-index")
+    m.add_argument("--report", metavar="DIR", help="report folder of OUT (default OUT.report)")
+    _progress_arg(m)
     m.set_defaults(func=_cmd_merge)
     _split_parser(sub)
     c = sub.add_parser("captions", help="preview the captions a label table turns into; list classes with no bank entry")
@@ -254,17 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--examples", type=int, default=5, help="label sets shown (the most frequent)")
     c.add_argument("--json", action="store_true", help="print the whole preview as JSON")
     c.set_defaults(func=_cmd_captions)
-    t = sub.add_parser("tokenizer", help="train a WordPiece tokenizer on the captions of DIR (saved beside them)")
-    t.add_argument("dir")
-    t.add_argument("--out", help="tokenizer folder (default DIR/tokenizer)")
-    t.add_argument("--vocab-size", type=int, default=8192)
-    t.add_argument("--context-length", type=int, default=256)
-    t.set_defaults(func=_cmd_tokenizer)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ingest``; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["tokenizer"]:  # it trains on shards for the text tower: a command of `unimed`, not of ingest
+        print("ingest: error: the tokenizer command moved: use `unimed tokenizer DIR` (same flags)", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

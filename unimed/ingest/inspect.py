@@ -9,6 +9,7 @@ import textwrap
 from collections import Counter, defaultdict
 from typing import Any
 
+from unimed.ingest.progress import Progress
 from unimed.ingest.reader import open_dataset
 
 __all__ = ["inspect", "contact_sheet", "balance_chart", "pictures_dir"]
@@ -99,8 +100,9 @@ def balance_chart(groups: dict[str, dict[str, int]], path: str, width: int = 720
 
 
 def inspect(folder: str, sheet: str | None = None, per_modality: int = 6, seed: int = 0,
-            max_scan: int = 20000) -> dict[str, Any]:
-    """Counts per modality and source (over up to ``max_scan`` samples) and the contact sheet path."""
+            max_scan: int = 20000, progress: bool = True) -> dict[str, Any]:
+    """Counts per modality and source (over up to ``max_scan`` samples) and the contact sheet path
+    (``progress``: a progress line on stderr, as ``ingest convert`` shows it)."""
     rng = random.Random(seed)
     modality: Counter = Counter()
     source: Counter = Counter()
@@ -109,8 +111,10 @@ def inspect(folder: str, sheet: str | None = None, per_modality: int = 6, seed: 
     with open_dataset(folder) as ds:
         n = len(ds)
         order = list(range(n)) if n <= max_scan else sorted(rng.sample(range(n), max_scan))
+        bar = Progress(len(order), progress, what="inspect", unit="samples", count=None)
         for idx in order:
             s = ds[idx]
+            bar.update(1)
             m = s["modality"]
             modality[m] += 1
             source[s["source"]] += 1
@@ -122,6 +126,7 @@ def inspect(folder: str, sheet: str | None = None, per_modality: int = 6, seed: 
                 j = rng.randrange(seen[m])
                 if j < per_modality:
                     picks[m][j] = s
+        bar.close()
     path = sheet or os.path.join(pictures_dir(folder), "contact_sheet.png")
     contact_sheet(dict(picks), path)
     chart = balance_chart({"modality": dict(modality), "source": dict(source)},

@@ -1,8 +1,9 @@
-"""The converter's terminal output: a progress line with images per second, reject lines, and the
-batching through which worker processes report both.
+"""The long commands' terminal output (convert, verify, inspect, merge, split): a progress line with
+its rate, reject lines, and the batching through which worker processes report both.
 
 On a terminal the line is redrawn at most four times a second; when stderr is not a terminal (a log
-file, a CI job) a plain line is written every few seconds instead of ``\\r`` frames. Workers send their
+file, a CI job) a plain line is written every few seconds instead of ``\\r`` frames, so a log of a
+run over a million files holds a line per ``LOG_EVERY_S``, not one per file. Workers send their
 counts in batches (at most a few messages a second each), so the parent's share of the CPU stays
 negligible however small the images.
 """
@@ -28,10 +29,14 @@ def reject_line(r: dict, show_paths: bool = False) -> str:
 
 
 class Progress:
-    """Files done of ``total``, images written and their rate, on ``stream`` (default stderr)."""
+    """Items done of ``total`` and a second count with its rate (``convert``: files, and images written),
+    on ``stream`` (default stderr). ``what`` names the command, ``unit`` the items, ``count`` the second
+    count (None: the rate is of the items)."""
 
-    def __init__(self, total: int, enabled: bool = True, stream: TextIO | None = None) -> None:
+    def __init__(self, total: int, enabled: bool = True, stream: TextIO | None = None, what: str = "convert",
+                 unit: str = "files", count: str | None = "img") -> None:
         self.total, self.enabled = total, enabled
+        self.what, self.unit, self.count = what, unit, count
         self.stream = stream or sys.stderr
         self.tty = enabled and bool(getattr(self.stream, "isatty", lambda: False)())
         self.files = self.images = 0
@@ -40,13 +45,17 @@ class Progress:
 
     def _text(self) -> str:
         secs = max(time.perf_counter() - self.t0, 1e-9)
-        rate = self.images / secs
         left = (self.total - self.files) * secs / self.files if self.files else 0.0
-        return (f"convert {self.files}/{self.total} files, {self.images} img, {rate:.1f} img/s"
+        done = f"{self.what} {self.files}/{self.total} {self.unit}"
+        if self.count is None:
+            done += f", {self.files / secs:.1f}/s"
+        else:
+            done += f", {self.images} {self.count}, {self.images / secs:.1f} {self.count}/s"
+        return (done
                 + (f", {int(left) // 60}:{int(left) % 60:02d} left" if self.files and self.files < self.total else ""))
 
-    def update(self, files: int, images: int) -> None:
-        """Count ``files`` more inputs and ``images`` more images; redraw if it is time."""
+    def update(self, files: int, images: int = 0) -> None:
+        """Count ``files`` more items and ``images`` more of the second count; redraw if it is time."""
         self.files += files
         self.images += images
         if not self.enabled:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from unimed.errors import UserError
+from unimed.ingest.progress import Progress
 from unimed.schema import shard_columns
 from unimed.shards import ShardWriter, iter_samples, read_index
 
@@ -50,6 +51,7 @@ class SplitConfig:
     seed: int = 0
     out: str | None = None
     names: str | None = None
+    progress: bool = True  # a progress line on stderr, as ``ingest convert`` shows it
     values: list[float] = field(default_factory=list, init=False)
     split_names: list[str] = field(default_factory=list, init=False)
 
@@ -159,7 +161,9 @@ def split(cfg: SplitConfig) -> dict[str, Any]:
     modality: list[Counter] = [Counter() for _ in writers]
     source: list[Counter] = [Counter() for _ in writers]
     cache: dict[str, int] = {}
+    bar = Progress(sum(s.get("samples", 0) for s in shards), cfg.progress, what="split", unit="samples", count=None)
     for s in iter_samples(cfg.folder):
+        bar.update(1)
         key = s[cfg.by]
         if key:
             k = cache.get(key)
@@ -173,6 +177,7 @@ def split(cfg: SplitConfig) -> dict[str, Any]:
         samples[k] += 1
         modality[k][s["modality"]] += 1
         source[k][s["source"]] += 1
+    bar.close()
     total, keyed = sum(samples), sum(len(g) for g in groups)
     report: dict[str, Any] = {
         "by": cfg.by, "seed": cfg.seed, "fractions": dict(zip(cfg.split_names, cfg.values)),

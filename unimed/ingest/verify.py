@@ -7,6 +7,7 @@ import json
 import os
 from typing import Any
 
+from unimed.ingest.progress import Progress
 from unimed.ingest.reader import open_dataset
 from unimed.remote import local_folder
 from unimed.schema import check_columns, check_sample
@@ -15,11 +16,13 @@ from unimed.shards import decompress, file_hash, read_index, shard_file
 __all__ = ["verify"]
 
 
-def _check_files(folder: str, index: dict) -> list[str]:
+def _check_files(folder: str, index: dict, progress: bool = True) -> list[str]:
     import xxhash
 
     faults = []
+    bar = Progress(len(index.get("shards", [])), progress, what="verify", unit="shards hashed", count=None)
     for i, shard in enumerate(index.get("shards", [])):
+        bar.update(1)
         wrong = check_columns(shard.get("column_names") or [])  # an older folder may lack later columns
         if wrong:
             faults.append(f"shard {i}: columns {shard.get('column_names')} differ from the schema ({wrong})")
@@ -44,10 +47,11 @@ def _check_files(folder: str, index: dict) -> list[str]:
             rwant = shard["raw_data"].get("hashes", {}).get("xxh64")
             if rwant and xxhash.xxh64(raw).hexdigest() != rwant:
                 faults.append(f"{name}: decompressed data hash mismatch")
+    bar.close()
     return faults
 
 
-def _check_samples(folder: str, index: dict, decode: bool) -> tuple[list[str], int]:
+def _check_samples(folder: str, index: dict, decode: bool, progress: bool = True) -> tuple[list[str], int]:
     from PIL import Image
 
     faults: list[str] = []
@@ -57,12 +61,14 @@ def _check_samples(folder: str, index: dict, decode: bool) -> tuple[list[str], i
         bounds.append((total, total + shard["samples"], shard_file(shard)["basename"]))
         total += shard["samples"]
     uids: dict[str, int] = {}
+    bar = Progress(total, progress, what="verify", unit="samples", count=None)
     with open_dataset(folder) as ds:
         if len(ds) != total:
             faults.append(f"dataset reports {len(ds)} samples, index shards hold {total}")
         for lo, hi, name in bounds:
             for idx in range(lo, hi):
                 where = f"{name} sample {idx - lo}"
+                bar.update(1)
                 try:
                     sample = ds[idx]
                 except Exception as exc:  # a damaged shard surfaces here
@@ -84,22 +90,24 @@ def _check_samples(folder: str, index: dict, decode: bool) -> tuple[list[str], i
                                               f"{(meta.get('width'), meta.get('height'))}")
                     except Exception as exc:
                         faults.append(f"{where}: image does not decode ({type(exc).__name__})")
+    bar.close()
     return faults, total
 
 
-def verify(folder: str, decode: bool = True) -> tuple[list[str], dict]:
-    """All faults of a converted folder (empty when sound) and its counts.
+def verify(folder: str, decode: bool = True, progress: bool = True) -> tuple[list[str], dict]:
+    """All faults of a converted folder (empty when sound) and its counts (``progress``: a progress line
+    on stderr, as ``ingest convert`` shows it).
 
     An ``s3://`` folder is downloaded into the cache first (:func:`unimed.remote.fetch`; only changed
     objects on a second run), then checked as a local one: every shard against the index's hashes.
     """
     folder = local_folder(folder)
     index = read_index(folder)
-    faults = _check_files(folder, index)
+    faults = _check_files(folder, index, progress)
     counts = {"shards": len(index["shards"]), "samples": sum(s["samples"] for s in index["shards"])}
     if faults:  # do not hand corrupted shards to the reader
         return faults, counts
-    sample_faults, total = _check_samples(folder, index, decode)
+    sample_faults, total = _check_samples(folder, index, decode, progress)
     faults += sample_faults
     summary_path = os.path.join(folder, "summary.json")
     if os.path.isfile(summary_path):
