@@ -9,31 +9,25 @@ import pytest
 import torch
 
 import unimed
-from tests.train.conftest import demo_sets  # noqa: F401 - the session fixture
-from tests.train.evalkit import STEPS, demo_crops, trained_checkpoint
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory, demo_sets):  # noqa: F811
-    return trained_checkpoint(tmp_path_factory, demo_sets)
+def model(trained_checkpoint):
+    return unimed.load(trained_checkpoint["ckpt"])
 
 
-@pytest.fixture(scope="session")
-def model(trained):
-    return unimed.load(trained["ckpt"])
-
-
-def test_load_needs_only_the_checkpoint(trained, model):
-    assert not any(Path(p).exists() for p in trained["gone"])  # tokenizer, BERT and image-tower files deleted
-    assert not (Path(trained["ckpt"]).parent / "config.yaml").exists()
-    assert model.config is not None and model.config.max_duration == f"{STEPS}ba"  # the bundled training config
+def test_load_needs_only_the_checkpoint(trained_checkpoint, model):
+    # The tokenizer, BERT and image-tower files are deleted; the bundled training config is in the checkpoint.
+    assert not any(Path(p).exists() for p in trained_checkpoint["gone"])
+    assert not (Path(trained_checkpoint["ckpt"]).parent / "config.yaml").exists()
+    assert model.config is not None and model.config.max_duration == f"{trained_checkpoint['steps']}ba"
     bert = model.model.text.bert.config
     assert (bert.max_position_embeddings, bert.layer_norm_eps) == (64, 1e-6)  # the pretrained folder's own config
     assert model.preprocess.size == 32 and "self-contained" in repr(model)
 
 
-def test_embeddings_are_unit_vectors_of_the_model_width(model, demo_sets):  # noqa: F811
-    crops = sorted((demo_crops(demo_sets) / "pathology").glob("*.png"))[:3]
+def test_embeddings_are_unit_vectors_of_the_model_width(model, demo_crops):
+    crops = sorted((demo_crops() / "pathology").glob("*.png"))[:3]
     img = model.encode_image([str(p) for p in crops])
     txt = model.encode_text(["a histopathology image.", "a chest x-ray."])
     assert img.shape == (3, 32) and txt.shape == (2, 32)
@@ -47,8 +41,8 @@ def test_embeddings_are_unit_vectors_of_the_model_width(model, demo_sets):  # no
     assert torch.equal(same, img[:1]) and torch.equal(batch, img[:1])
 
 
-def test_classify_real_images_with_the_catalog_prompts(model, demo_sets):  # noqa: F811
-    crops = demo_crops(demo_sets)
+def test_classify_real_images_with_the_catalog_prompts(model, demo_crops):
+    crops = demo_crops()
     files = sorted(crops.glob("*/*.png"))
     truth = [p.parent.name for p in files]
     result = model.classify([str(p) for p in files], "demo-modality")
@@ -60,7 +54,7 @@ def test_classify_real_images_with_the_catalog_prompts(model, demo_sets):  # noq
     assert free.labels == ["pathology", "fundus"] and len(free.as_dicts()) == 1
 
 
-def test_classify_and_eval_zeroshot_are_one_path(model, demo_sets):  # noqa: F811
+def test_classify_and_eval_zeroshot_are_one_path(model, demo_sets):
     """The API on the shard's own image bytes gives exactly the figures ``unimed eval zeroshot`` reports."""
     from unimed.streaming.shards import iter_samples
 

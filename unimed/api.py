@@ -68,7 +68,7 @@ class Model:
         if not isinstance(images, torch.Tensor) and isinstance(images, (list, tuple)):
             batches = (self.preprocess.batch(images[i:i + batch_size]) for i in range(0, len(images), batch_size))
         else:
-            batches = iter([self.preprocess.batch(images)])
+            batches = (b for b in [self.preprocess.batch(images)])
         return image_features(self.model, batches)[0].cpu()
 
     @torch.no_grad()

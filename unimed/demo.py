@@ -1,7 +1,8 @@
 """``make demo``: the main job on the bundled sample data, end to end, with the figures printed.
 
 Build the sample corpus from the installed sample-data packages, convert it, verify the shards,
-inspect them (counts and a contact sheet); then build training and held-out evaluation sets of real
+inspect them (counts and a contact sheet), each through the ingest library's functions (what the
+``ingest`` commands call, with the lines they print); then build training and held-out evaluation sets of real
 images of all six modalities (``unimed.train.demodata``), train ``train/yamls/demo-cpu.yaml`` on CPU,
 and compare zero-shot modality classification of the trained and the untrained model.
 """
@@ -18,8 +19,10 @@ __all__ = ["run_demo"]
 
 def run_demo(out: str = "demo-out", workers: int = 2) -> dict:
     """Run the demo into ``out``; return the figures (also written to ``out/report.json``)."""
-    from unimed.ingest import cli as ingest_cli
+    from unimed.ingest.inspect import inspect
+    from unimed.ingest.verify import verify
     from unimed.samples import build_sample_corpus
+    from unimed.train.demodata import convert_folder
 
     root = Path(out)
     if root.exists():
@@ -27,15 +30,21 @@ def run_demo(out: str = "demo-out", workers: int = 2) -> dict:
     raw = build_sample_corpus(root / "raw")
     shards = root / "shards"
     print(f"== ingest convert {raw} -> {shards}", flush=True)
-    rc = ingest_cli.main(["convert", str(raw), "--out", str(shards), "--labels", str(raw.parent / "labels.csv"),
-                          "--workers", str(workers), "--source", "demo", "--no-progress"])
-    if rc != 0:
-        raise SystemExit(rc)
+    convert_folder([str(raw)], str(shards), labels=str(raw.parent / "labels.csv"), workers=workers,
+                   source_name="demo")
     print(f"== ingest verify {shards}", flush=True)
-    if ingest_cli.main(["verify", str(shards)]) != 0:
+    faults, counts = verify(str(shards))
+    for fault in faults:
+        print(f"fault {fault}", file=sys.stderr)
+    print(f"{'FAIL' if faults else 'OK'}: {counts['samples']} samples in {counts['shards']} shards, "
+          f"{len(faults)} faults", flush=True)
+    if faults:
         raise SystemExit("verify found faults")
     print(f"== ingest inspect {shards}", flush=True)
-    ingest_cli.main(["inspect", str(shards), "--sheet", str(root / "contact_sheet.png")])
+    info = inspect(str(shards), sheet=str(root / "contact_sheet.png"))
+    print(json.dumps({k: info[k] for k in ("samples", "modality", "source")}, indent=2))
+    print(f"contact sheet: {info['sheet']}")
+    print(f"balance chart: {info['chart']}", flush=True)
     summary = json.loads((shards / "summary.json").read_text())
     report = {
         "images": summary["images"],

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from unimed.errors import UserError
+from unimed.train.loss import get_loss
 
 __all__ = ["FORMATS", "open_clip_config", "open_clip_state", "export_open_clip", "export_hf", "export_text_tower",
            "run_export", "run_import"]
@@ -62,8 +63,9 @@ def open_clip_config(desc: dict[str, Any], folder: str) -> dict[str, Any]:
                      "hf_proj_type": "mlp", "hf_pooler_type": "cls_last_hidden_state_pooler",
                      "context_length": desc["context_length"]},
     }
-    if m.get("loss") == "siglip":
-        model_cfg["init_logit_bias"] = -10.0
+    loss = get_loss(m.get("loss", "clip"), where="the model descriptor's loss")
+    if loss.needs_bias:  # open_clip builds the bias parameter only when given its init
+        model_cfg["init_logit_bias"] = loss.init_bias
     return {"model_cfg": model_cfg, "preprocess_cfg": desc["preprocess"], "unimed": desc}
 
 

@@ -1,8 +1,8 @@
 """FSDP2 on gloo ranks against one process on the same global batch: gradients, the loss log, precision.
 
 ``test_dist_grads.py`` runs :func:`run` twice: in its own process (the reference: one process, the whole
-global batch, no FSDP) and as ``composer -n 2 tests/train/dist_worker.py OUT TRAIN TOKENIZER`` (FSDP2,
-each rank its half of every global batch). Each run trains two steps with the real Composer
+global batch, no FSDP) and as ``composer -n 2 tests/train/dist_worker.py OUT TOKENIZER OVERRIDE...`` (FSDP2,
+each rank its half of every global batch); the overrides are the test's ``tiny_overrides()`` (its fixture). Each run trains two steps with the real Composer
 ``Trainer`` on the same in-memory global batches and writes, under OUT: ``grads-W.pt`` (every
 parameter's full gradient after each backward, from rank 0), ``loss-W.jsonl`` (the ``LossLog``),
 ``local-W-R.json`` (each rank's own loss and batch size). The sharded run also writes
@@ -23,14 +23,13 @@ from composer.core import Callback, DataSpec, Event
 GLOBAL_BATCH, STEPS = 16, 2
 
 
-def overrides(train: str, tokenizer: str, out: str, world: int) -> list[str]:
-    """The tiny demo config at a global batch of 16, dropout off (both runs must compute the same)."""
-    from tests.train.conftest import tiny_overrides
-
-    return tiny_overrides({"train": train, "tokenizer": tokenizer}, **{
-        "global_batch_size": GLOBAL_BATCH, "max_duration": f"{STEPS}ba", "model.text.dropout": 0.0,
-        "loss_log": os.path.join(out, f"loss-{world}.jsonl"), "data.context_length": 16,
-        "model.text.context_length": 16, "autoresume": "false", "save_folder": "null"})
+def overrides(tiny: list[str], out: str, world: int) -> list[str]:
+    """The tiny demo config (``tiny``: the test's tiny overrides) at a global batch of 16, dropout off (both
+    runs must compute the same)."""
+    extra = {"global_batch_size": GLOBAL_BATCH, "max_duration": f"{STEPS}ba", "model.text.dropout": 0.0,
+             "loss_log": os.path.join(out, f"loss-{world}.jsonl"), "data.context_length": 16,
+             "model.text.context_length": 16, "autoresume": "false", "save_folder": "null"}
+    return [*tiny, *(f"{k}={v}" for k, v in extra.items())]
 
 
 def global_batches(vocab: int, pad_id: int, context: int, size: int) -> list[dict[str, torch.Tensor]]:
@@ -85,7 +84,7 @@ class _Capture(Callback):
                 torch.save(self.grads, os.path.join(self.out, f"grads-{self.world}.pt"))
 
 
-def run(out: str, train: str, tokenizer: str, world: int) -> None:
+def run(out: str, tokenizer: str, tiny: list[str], world: int) -> None:
     """Train ``STEPS`` steps of the tiny config on this process's rows of the shared global batches."""
     from composer.utils import dist
 
@@ -93,7 +92,7 @@ def run(out: str, train: str, tokenizer: str, world: int) -> None:
     from unimed.train.config import load_config
     from unimed.train.trainer import build_trainer
 
-    cfg = load_config("train/yamls/demo-cpu.yaml", overrides(train, tokenizer, out, world))
+    cfg = load_config("demo-cpu", overrides(tiny, out, world))
     tok = CaptionTokenizer(tokenizer, cfg.data.context_length)
     batches = global_batches(tok.vocab_size, tok.pad_id, cfg.data.context_length, cfg.data.image_size)
     rank = int(os.environ.get("RANK", "0"))
@@ -144,4 +143,4 @@ def _precision(out: str, cfg, tok, batch: dict[str, torch.Tensor], rank: int, wo
 
 
 if __name__ == "__main__":
-    run(sys.argv[1], sys.argv[2], sys.argv[3], int(os.environ.get("WORLD_SIZE", "1")))
+    run(sys.argv[1], sys.argv[2], sys.argv[3:], int(os.environ.get("WORLD_SIZE", "1")))

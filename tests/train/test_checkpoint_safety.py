@@ -10,10 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.train.conftest import tiny_overrides
 from unimed.errors import UserError
 from unimed.train.checkpoint import composer_load_guard, load_trained, read_model_state, safe_load
-from unimed.train.config import load_config
 
 
 class _Payload:
@@ -26,18 +24,14 @@ class _Payload:
         return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
 
 
-def _cfg(demo_sets, **extra):
-    return load_config("train/yamls/demo-cpu.yaml", tiny_overrides(demo_sets, **extra))
-
-
 @pytest.fixture(scope="module")
-def run(demo_sets, tmp_path_factory) -> Path:
+def run(tiny_config, tmp_path_factory) -> Path:
     """A real Composer run: 2 batches, a checkpoint (with its config.yaml) and an exported state dict."""
     from unimed.train.trainer import train
 
     folder = tmp_path_factory.mktemp("run")
-    train(_cfg(demo_sets, max_duration="2ba", save_folder=str(folder / "ckpt"), save_interval="2ba",
-               export_path=str(folder / "model.pt")))
+    train(tiny_config(max_duration="2ba", save_folder=str(folder / "ckpt"), save_interval="2ba",
+                      export_path=str(folder / "model.pt")))
     return folder
 
 
@@ -83,26 +77,26 @@ def test_a_real_checkpoint_and_an_export_load(run):
     assert torch.equal(model.logit_scale.detach(), state["logit_scale"])
 
 
-def test_a_crafted_checkpoint_is_refused_by_each_loader(crafted, demo_sets):
+def test_a_crafted_checkpoint_is_refused_by_each_loader(crafted, tiny_config):
     from unimed.train.weights import build_model, load_vision_weights
 
     path, marker = crafted
     _refused(lambda: safe_load(path), path, marker)
     _refused(lambda: read_model_state(str(path)), path, marker)
     _refused(lambda: load_trained(str(path)), path, marker)
-    cfg = _cfg(demo_sets)
+    cfg = tiny_config()
     model = build_model(cfg.model, 400)
     _refused(lambda: load_vision_weights(model.visual, str(path)), path, marker)  # model.vision.pretrained
-    cfg = _cfg(demo_sets, **{"model.vision.pretrained": str(path)})
+    cfg = tiny_config(**{"model.vision.pretrained": str(path)})
     _refused(lambda: build_model(cfg.model, 400), path, marker)
 
 
-def test_composer_resume_is_refused_under_the_guard(crafted, demo_sets, run, tmp_path):
+def test_composer_resume_is_refused_under_the_guard(crafted, tiny_config, run, tmp_path):
     """Composer loads ``load_path`` and autoresume checkpoints with weights_only=False itself."""
     from unimed.train.trainer import build_trainer
 
     path, marker = crafted
-    cfg = _cfg(demo_sets, max_duration="4ba", load_path=str(path))
+    cfg = tiny_config(max_duration="4ba", load_path=str(path))
     with pytest.raises(UserError):
         with composer_load_guard(cfg.load_path):
             build_trainer(cfg)
@@ -112,11 +106,11 @@ def test_composer_resume_is_refused_under_the_guard(crafted, demo_sets, run, tmp
     folder.mkdir()
     shutil.copy(path, folder / "ep0-ba2-rank0.pt")
     os.symlink("ep0-ba2-rank0.pt", folder / "latest-rank0.pt")
-    cfg = _cfg(demo_sets, max_duration="4ba", save_folder=str(folder))
+    cfg = tiny_config(max_duration="4ba", save_folder=str(folder))
     _refused(lambda: _guarded(cfg), folder / "ep0-ba2-rank0.pt", marker)
     # A real checkpoint still resumes, and the environment is as it was.
     before = dict(os.environ)
-    trainer = _guarded(_cfg(demo_sets, max_duration="4ba", load_path=str(run / "ckpt" / "ep0-ba2-rank0.pt")))
+    trainer = _guarded(tiny_config(max_duration="4ba", load_path=str(run / "ckpt" / "ep0-ba2-rank0.pt")))
     assert int(trainer.state.timestamp.batch) == 2
     assert dict(os.environ) == before
 
@@ -128,12 +122,12 @@ def _guarded(cfg):
         return build_trainer(cfg)
 
 
-def test_build_trainer_refuses_a_crafted_load_path(crafted, demo_sets):
+def test_build_trainer_refuses_a_crafted_load_path(crafted, tiny_config):
     """``train``/``build_trainer`` wrap the Trainer in :func:`composer_load_guard` themselves."""
     from unimed.train.trainer import build_trainer
 
     path, marker = crafted
-    _refused(lambda: build_trainer(_cfg(demo_sets, max_duration="4ba", load_path=str(path))), path, marker)
+    _refused(lambda: build_trainer(tiny_config(max_duration="4ba", load_path=str(path))), path, marker)
 
 
 def test_a_tar_checkpoint_is_refused_before_composer_extracts_it(tmp_path):

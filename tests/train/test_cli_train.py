@@ -6,7 +6,6 @@ import json
 
 import yaml
 
-from tests.train.conftest import tiny_overrides
 from unimed import cli
 
 
@@ -29,9 +28,9 @@ def test_mistakes_are_one_line(tmp_path, monkeypatch, capsys):
         assert err.count("\n") == 1 and words in err, err
 
 
-def test_dry_run_builds_model_and_loader_and_trains_nothing(demo_sets, tmp_path, capsys):
+def test_dry_run_builds_model_and_loader_and_trains_nothing(tiny_overrides, tmp_path, capsys):
     save = tmp_path / "ckpt"
-    args = ["train", "demo-cpu", *tiny_overrides(demo_sets), f"save_folder={save}", "--dry-run"]
+    args = ["train", "demo-cpu", *tiny_overrides(), f"save_folder={save}", "--dry-run"]
     assert cli.main(args) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["parameters"] > 0 and info["gflops_per_batch"] > 0 and info["batch_size"] == 8

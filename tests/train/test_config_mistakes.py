@@ -62,6 +62,10 @@ def test_a_batch_size_of_zero(capsys):
     _one_line(capsys, ["train", "demo-cpu", "data.batch_size=0", "--print-config"], "data.batch_size 0")
 
 
+def test_an_unknown_loss_lists_the_registered_ones(capsys):
+    _one_line(capsys, ["train", "demo-cpu", "model.loss=nce", "--print-config"], "model.loss 'nce'", "clip, siglip")
+
+
 def test_a_misspelled_key(capsys):
     _one_line(capsys, ["train", "demo-cpu", "data.batchsize=8", "--print-config"], "batchsize")
 

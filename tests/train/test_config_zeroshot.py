@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +19,7 @@ from unimed.train.zeroshot import _auc, binary_metrics
 
 @pytest.mark.parametrize("name", ["demo-cpu", "vitb16-unimed", "vitl14-unimed"])
 def test_the_bundled_configs_load(name):
-    cfg = load_config(f"train/yamls/{name}.yaml")
+    cfg = load_config(name)
     assert cfg.model.text.context_length == cfg.data.context_length
     if name == "vitb16-unimed":
         assert (cfg.optimizer.lr, cfg.optimizer.betas, cfg.optimizer.eps) == (5e-4, [0.9, 0.98], 1e-6)
@@ -25,14 +28,33 @@ def test_the_bundled_configs_load(name):
         assert cfg.optimizer.lr == 4e-4 and cfg.model.vision.image_size == 336 and cfg.model.vision.patch_size == 14
 
 
+_HEAVY = ("torch", "streaming", "composer", "transformers", "nvidia.dali")
+
+
+@pytest.mark.parametrize("modules, heavy", [
+    # Reading and validating a config: none of the heavy libraries.
+    (["unimed.train.config"], _HEAVY),
+    # `unimed eval` (CLI, evaluation, loading a checkpoint, the API) needs torch, never DALI or the trainer's stack.
+    (["unimed.cli", "unimed.train.evaluate", "unimed.train.loading", "unimed.train.zeroshot", "unimed.api",
+      "unimed.train.retrieval", "unimed.train.probe"], ("streaming", "composer", "nvidia.dali")),
+])
+def test_loading_a_config_imports_nothing_heavy(tmp_path, modules, heavy):
+    code = (f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+            "from unimed.train.config import load_config\nload_config('demo-cpu')\n"
+            f"print([m for m in {heavy!r} if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", done.stdout
+
+
 def test_misspelled_or_mistyped_keys_are_errors():
     with pytest.raises(UserError, match="learning_rate"):
-        load_config("train/yamls/demo-cpu.yaml", ["optimizer.learning_rate=1e-3"])
+        load_config("demo-cpu", ["optimizer.learning_rate=1e-3"])
     with pytest.raises(UserError, match="batch_size"):
-        load_config("train/yamls/demo-cpu.yaml", ["data.batch_size=many"])
+        load_config("demo-cpu", ["data.batch_size=many"])
     with pytest.raises(UserError, match="key=value"):
-        load_config("train/yamls/demo-cpu.yaml", ["data.batch_size"])
-    cfg = load_config("train/yamls/demo-cpu.yaml", ["data.batch_size=5", "model.vision.layers=1"])
+        load_config("demo-cpu", ["data.batch_size"])
+    cfg = load_config("demo-cpu", ["data.batch_size=5", "model.vision.layers=1"])
     assert cfg.data.batch_size == 5 and cfg.model.vision.layers == 1
 
 

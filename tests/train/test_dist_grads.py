@@ -21,18 +21,19 @@ def _close(got: torch.Tensor, want: torch.Tensor) -> bool:
 
 
 @pytest.fixture(scope="module")
-def runs(demo_sets, tmp_path_factory) -> Path:
+def runs(demo_sets, tiny_overrides, tmp_path_factory) -> Path:
     """The 2-rank FSDP2 run (composer launcher, gloo) and the 1-process reference, both under ``out``."""
     from tests.train.dist_worker import run
 
     out = tmp_path_factory.mktemp("dist-grads")
     env = {**os.environ, "FSDP_VERSION": "2", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     composer = Path(sys.executable).parent / "composer"
+    tiny = tiny_overrides()
     cmd = [str(composer), "-n", "2", "--master_port", "29613", "tests/train/dist_worker.py", str(out),
-           demo_sets["train"], demo_sets["tokenizer"]]
+           demo_sets["tokenizer"], *tiny]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
-    run(str(out), demo_sets["train"], demo_sets["tokenizer"], world=1)
+    run(str(out), demo_sets["tokenizer"], tiny, world=1)
     return out
 
 

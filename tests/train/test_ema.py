@@ -7,10 +7,8 @@ import pytest
 import torch
 from composer.core import Callback
 
-from tests.train.conftest import tiny_overrides
 from unimed.errors import UserError
 from unimed.train.checkpoint import read_model_state
-from unimed.train.config import load_config
 from unimed.train.ema import WeightEMA
 from unimed.train.trainer import train
 
@@ -33,11 +31,9 @@ class _Record(Callback):
         self.steps.append(self._take(state))
 
 
-def _cfg(demo_sets, folder, **extra):
-    o = tiny_overrides(demo_sets, **{"max_duration": "6ba", "ema.enabled": "true", "ema.decay": DECAY,
-                                     "model.text.dropout": 0.0, "save_folder": str(folder),
-                                     "save_interval": "3ba", **extra})
-    return load_config("train/yamls/demo-cpu.yaml", o)
+def _cfg(tiny_config, folder, **extra):
+    return tiny_config(**{"max_duration": "6ba", "ema.enabled": "true", "ema.decay": DECAY,
+                          "model.text.dropout": 0.0, "save_folder": str(folder), "save_interval": "3ba", **extra})
 
 
 def _by_hand(start: dict[str, torch.Tensor], steps: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -50,9 +46,9 @@ def _by_hand(start: dict[str, torch.Tensor], steps: list[dict[str, torch.Tensor]
 
 
 @pytest.mark.slow
-def test_the_average_is_checkpointed_resumed_and_evaluated(demo_sets, tmp_path):
+def test_the_average_is_checkpointed_resumed_and_evaluated(demo_sets, tiny_config, tmp_path):
     record = _Record()
-    cfg = _cfg(demo_sets, tmp_path / "ref")
+    cfg = _cfg(tiny_config, tmp_path / "ref")
     trainer = train(cfg, extra_callbacks=[record])
     assert len(record.steps) == 6
     expected = _by_hand(record.start, record.steps)
@@ -81,9 +77,9 @@ def test_the_average_is_checkpointed_resumed_and_evaluated(demo_sets, tmp_path):
             assert torch.equal(p.detach(), record.steps[-1][k]), k
 
     # A run stopped at batch 3 and resumed continues the average where it was.
-    first = _cfg(demo_sets, tmp_path / "run", max_duration="3ba")
+    first = _cfg(tiny_config, tmp_path / "run", max_duration="3ba")
     train(first)
-    resumed = train(_cfg(demo_sets, tmp_path / "run"))
+    resumed = train(_cfg(tiny_config, tmp_path / "run"))
     assert int(resumed.state.timestamp.batch) == 6
     again = read_model_state(str(tmp_path / "run" / "ep0-ba6-rank0.pt"))
     for k, v in expected.items():
@@ -97,6 +93,6 @@ def test_the_average_is_checkpointed_resumed_and_evaluated(demo_sets, tmp_path):
         assert rc == 0
 
 
-def test_a_decay_outside_zero_one_is_refused_when_the_config_loads(demo_sets):
+def test_a_decay_outside_zero_one_is_refused_when_the_config_loads(tiny_config):
     with pytest.raises(UserError, match=r"ema.decay 1.0: between 0 and 1"):
-        load_config("train/yamls/demo-cpu.yaml", tiny_overrides(demo_sets, **{"ema.decay": 1.0}))
+        tiny_config(**{"ema.decay": 1.0})

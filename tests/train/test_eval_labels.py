@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.train.evalkit import class_folder_set, convert, demo_crops, trained_checkpoint
 from unimed.errors import UserError
 from unimed.train.catalog import load_catalog
 from unimed.train.targets import collect_targets
@@ -23,15 +22,10 @@ CATALOG = load_catalog()
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, demo_sets):
-    return trained_checkpoint(tmp_path_factory, demo_sets)
-
-
-@pytest.fixture(scope="module")
-def pathology(demo_sets) -> list[Path]:
+def pathology(demo_crops) -> list[Path]:
     """Real histopathology crops (scikit-image's IHC slide), training and held-out."""
-    return sorted((demo_crops(demo_sets, "train") / "pathology").glob("*.png")) + sorted(
-        (demo_crops(demo_sets, "eval") / "pathology").glob("*.png"))
+    return sorted((demo_crops("train") / "pathology").glob("*.png")) + sorted(
+        (demo_crops("eval") / "pathology").glob("*.png"))
 
 
 @pytest.mark.parametrize("name, label, expected", [
@@ -73,19 +67,21 @@ def test_every_alias_reaches_its_own_class():
             assert spec.class_index(c) == i, (spec.name, c)  # no class shadowed by another's alias
 
 
-def test_bach_with_its_real_folder_names_keeps_all_four_classes(tmp_path, pathology, trained):
+def test_bach_with_its_real_folder_names_keeps_all_four_classes(tmp_path, pathology, class_folder_set,
+                                                                trained_checkpoint):
     import unimed
 
     layout = {"Normal": pathology[0:3], "Benign": pathology[3:6], "InSitu": pathology[6:9], "Invasive": pathology[9:12]}
     folder = class_folder_set(tmp_path, layout, "bach")
     targets = collect_targets(folder, CATALOG["bach"])
     assert targets.per_class_n() == {"benign": 3, "in situ carcinoma": 3, "invasive carcinoma": 3, "normal": 3}
-    result = unimed.load(trained["ckpt"]).zeroshot(folder)["bach"]
+    result = unimed.load(trained_checkpoint["ckpt"]).zeroshot(folder)["bach"]
     assert result["n"] == 12 and result["left_out"] == {}
     assert sum(sum(row) for row in result["confusion"]) == 12
 
 
-def test_unknown_labels_are_refused_with_their_counts_before_the_model_loads(tmp_path, pathology, capsys):
+def test_unknown_labels_are_refused_with_their_counts_before_the_model_loads(tmp_path, pathology, class_folder_set,
+                                                                             capsys):
     from unimed.cli import main
 
     layout = {"Normal": pathology[0:2], "Benign": pathology[2:4], "Benign2": pathology[4:7], "InSitu": pathology[7:8]}
@@ -101,7 +97,7 @@ def test_unknown_labels_are_refused_with_their_counts_before_the_model_loads(tmp
     assert rc == 2 and "'Benign2': 3" in err_text and err_text.count("\n") == 1
 
 
-def test_exclusions_and_the_release_spellings_are_counted(tmp_path, pathology):
+def test_exclusions_and_the_release_spellings_are_counted(tmp_path, pathology, class_folder_set):
     root = tmp_path / "sets"
     osteo = class_folder_set(root, {"Non-Tumor": pathology[0:2], "Non-Viable-Tumor": pathology[2:5],
                                     "Viable": pathology[5:6], "Viable: Non-Viable": pathology[6:10]}, "osteosarcoma")
@@ -139,12 +135,12 @@ FIVE = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusi
 
 
 @pytest.fixture(scope="module")
-def chexpert(tmp_path_factory, demo_sets) -> tuple[str, list[dict[str, str]]]:
+def chexpert(tmp_path_factory, demo_crops, ingest_convert) -> tuple[str, list[dict[str, str]]]:
     root = tmp_path_factory.mktemp("chexpert")
-    xray = sorted(demo_crops(demo_sets, "train").glob("xray/*.png"))
+    xray = sorted(demo_crops("train").glob("xray/*.png"))
     table = _chexpert_tree(root / "raw", xray, 80)
-    convert([str(root / "raw" / "CheXpert-v1.0-small"), "--out", str(root / "chexpert"), "--labels",
-             str(root / "raw" / "train.csv"), "--modality", "xray", "--source", "chexpert"])
+    ingest_convert([str(root / "raw" / "CheXpert-v1.0-small"), "--out", str(root / "chexpert"), "--labels",
+                    str(root / "raw" / "train.csv"), "--modality", "xray", "--source", "chexpert"])
     return str(root / "chexpert"), table
 
 
@@ -169,11 +165,12 @@ def test_chexpert_5x200_selects_one_positive_of_five_from_the_real_table(chexper
     assert t.total == len(table) == len(t.positions) + sum(t.left_out.values())
 
 
-def test_chexpert_multilabel_scores_each_finding_on_its_stated_rows(chexpert, trained):
+def test_chexpert_multilabel_scores_each_finding_on_its_stated_rows(chexpert, trained_checkpoint):
     import unimed
 
     folder, table = chexpert
-    result = unimed.load(trained["ckpt"]).zeroshot(folder, sets=None)  # the folder's name picks the catalog entry
+    # The folder's name picks the catalog entry.
+    result = unimed.load(trained_checkpoint["ckpt"]).zeroshot(folder, sets=None)
     r = result["chexpert"]
     assert r["task"] == "multilabel" and r["n"] == len(table) and "top1" not in r
     for c in FIVE:

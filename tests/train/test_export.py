@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import unimed
-from tests.train.evalkit import demo_crops, trained_checkpoint
 from unimed.errors import UserError
 
 open_clip = pytest.importorskip("open_clip")  # a test extra; the suite installs it
@@ -21,20 +20,15 @@ TEXTS = ["a chest x-ray.", "a histopathology image of stained tissue.", "an MRI 
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, demo_sets):
-    return trained_checkpoint(tmp_path_factory, demo_sets)
+def images(demo_crops) -> list[str]:
+    return [str(p) for p in sorted(demo_crops().glob("*/eval-000[01].png"))]
 
 
-@pytest.fixture(scope="module")
-def images(demo_sets) -> list[str]:
-    return [str(p) for p in sorted(demo_crops(demo_sets).glob("*/eval-000[01].png"))]
-
-
-def test_open_clip_export_loads_in_open_clip_with_equal_embeddings(trained, images, tmp_path):
+def test_open_clip_export_loads_in_open_clip_with_equal_embeddings(trained_checkpoint, images, tmp_path):
     from unimed.cli import main
 
-    assert main(["export", trained["ckpt"], "--format", "open_clip", "--out", str(tmp_path / "oc")]) == 0
-    ours = unimed.load(trained["ckpt"])
+    assert main(["export", trained_checkpoint["ckpt"], "--format", "open_clip", "--out", str(tmp_path / "oc")]) == 0
+    ours = unimed.load(trained_checkpoint["ckpt"])
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'oc'}")
     tokenizer = open_clip.get_tokenizer(f"local-dir:{tmp_path / 'oc'}")
     model.eval()
@@ -57,16 +51,16 @@ def test_open_clip_export_loads_in_open_clip_with_equal_embeddings(trained, imag
     assert back.report.missing == [] and back.report.unexpected == []
 
 
-def test_hf_export_has_config_safetensors_and_tokenizer(trained, images, tmp_path):
+def test_hf_export_has_config_safetensors_and_tokenizer(trained_checkpoint, images, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
     from unimed.export import run_export
 
-    folder = run_export(trained["ckpt"], "hf", str(tmp_path / "hf"))
+    folder = run_export(trained_checkpoint["ckpt"], "hf", str(tmp_path / "hf"))
     doc = json.loads((folder / "config.json").read_text())
     assert doc["model_type"] == "unimed-clip" and doc["unimed"]["text_config"]["max_position_embeddings"] == 64
-    ours = unimed.load(trained["ckpt"])
+    ours = unimed.load(trained_checkpoint["ckpt"])
     weights = load_file(str(folder / "model.safetensors"))
     assert weights.keys() == ours.model.state_dict().keys()
     tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
@@ -76,16 +70,16 @@ def test_hf_export_has_config_safetensors_and_tokenizer(trained, images, tmp_pat
     assert torch.equal(back.encode_text(TEXTS), ours.encode_text(TEXTS))
 
 
-def test_a_sharded_checkpoint_carries_its_bundle(trained, images, tmp_path):
+def test_a_sharded_checkpoint_carries_its_bundle(trained_checkpoint, images, tmp_path):
     from torch.distributed.checkpoint import FileSystemWriter, save
 
-    full = torch.load(trained["run_ckpt"], weights_only=False)  # ours: trusted
+    full = torch.load(trained_checkpoint["run_ckpt"], weights_only=False)  # ours: trusted
     sd = {"state": {"model": full["state"]["model"], "callbacks": full["state"]["callbacks"],
                     "timestamp": full["state"]["timestamp"]}}
     save(sd, storage_writer=FileSystemWriter(str(tmp_path / "sharded")), no_dist=True)
     model = unimed.load(tmp_path / "sharded")
     assert "self-contained" in repr(model)
-    assert torch.equal(model.encode_image(images), unimed.load(trained["ckpt"]).encode_image(images))
+    assert torch.equal(model.encode_image(images), unimed.load(trained_checkpoint["ckpt"]).encode_image(images))
 
 
 def _bert_dir(folder: Path, tokenizer_dir: str, hidden: int = 64, heads: int = 1) -> str:
@@ -222,11 +216,9 @@ def test_biomedclip_layout_maps_its_text_tower_and_refuses_its_image_tower(tmp_p
     assert torch.allclose(got, want, atol=1e-6)
 
 
-def test_a_tokenizer_that_is_not_the_text_towers_is_refused(foreign, demo_sets, tmp_path):
-    from tests.train.conftest import tiny_overrides
+def test_a_tokenizer_that_is_not_the_text_towers_is_refused(foreign, demo_sets, tiny_config, tmp_path):
     from unimed.streaming.tokenizer import train_tokenizer
     from unimed.train.checkpoint import tokenizer_for
-    from unimed.train.config import load_config
 
     cased = train_tokenizer(demo_sets["train"], str(tmp_path / "cased"), vocab_size=400, context_length=32,
                             lowercase=False)  # another vocabulary (and more tokens) than the demo's lower-case one
@@ -234,7 +226,7 @@ def test_a_tokenizer_that_is_not_the_text_towers_is_refused(foreign, demo_sets, 
     with pytest.raises(UserError, match=rf"the tokenizer has 2\d\d tokens, the text tower's embedding {rows}"):
         unimed.load(foreign["released"], tokenizer=cased)
     text = _bert_dir(tmp_path / "bert-cased", cased, hidden=32, heads=2)
-    cfg = load_config("train/yamls/demo-cpu.yaml", tiny_overrides(demo_sets, **{"model.text.pretrained": text}))
+    cfg = tiny_config(**{"model.text.pretrained": text})
     with pytest.raises(UserError, match=r"vocabulary differs from the text tower's .* for \d+ of \d+ tokens"):
         tokenizer_for(cfg)
 

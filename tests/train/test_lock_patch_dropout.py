@@ -35,7 +35,7 @@ def test_a_locked_image_tower_gets_no_gradient_and_the_text_tower_does():
     assert float(grads["logit_scale"].abs()) > 0
 
 
-def test_the_last_blocks_of_a_locked_tower_stay_trainable(demo_sets):
+def test_the_last_blocks_of_a_locked_tower_stay_trainable(tiny_config):
     grads = _grads(_cfg(locked=True, unlocked_layers=1))
     assert grads["visual.conv1.weight"] is None and grads["visual.transformer.resblocks.0.mlp.c_fc.weight"] is None
     for name in ("visual.transformer.resblocks.1.mlp.c_fc.weight", "visual.ln_post.weight", "visual.proj"):
@@ -47,18 +47,11 @@ def test_the_last_blocks_of_a_locked_tower_stay_trainable(demo_sets):
     assert g["text.bert.embeddings.word_embeddings.weight"] is None and g["text.bert.encoder.layer.0.output.dense.weight"] is None
     assert g["text.bert.encoder.layer.1.output.dense.weight"] is not None and g["text.proj.fc2.weight"] is not None
     model = CLIPModel(_cfg(locked=True), vocab_size=50)
-    opt = build_optimizer(model, _load_demo_cfg(demo_sets))
+    opt = build_optimizer(model, tiny_config())
     in_opt = {id(p) for group in opt.param_groups for p in group["params"]}
     assert not any(id(p) in in_opt for p in model.visual.parameters())  # no optimizer state for frozen weights
     with pytest.raises(UserError, match="model.vision.unlocked_layers=3 must be between 0"):
         CLIPModel(_cfg(locked=True, unlocked_layers=3), vocab_size=50)
-
-
-def _load_demo_cfg(demo_sets):
-    from tests.train.conftest import tiny_overrides
-    from unimed.train.config import load_config
-
-    return load_config("train/yamls/demo-cpu.yaml", tiny_overrides(demo_sets))
 
 
 def test_locked_towers_and_patch_dropout_count_their_flops():

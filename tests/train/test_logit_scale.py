@@ -9,9 +9,7 @@ import math
 import torch
 from composer.core import Callback
 
-from tests.train.conftest import tiny_overrides
 from unimed.train.composer_model import UnimedCLIP
-from unimed.train.config import load_config
 from unimed.train.model import CLIPModel, ModelConfig, TextConfig, VisionConfig
 from unimed.train.trainer import train
 
@@ -51,11 +49,10 @@ class _PushScale(Callback):
             state.model.model.logit_scale.fill_(math.log(150.0))
 
 
-def test_a_scale_pushed_above_the_bound_comes_back_below(demo_sets, tmp_path):
+def test_a_scale_pushed_above_the_bound_comes_back_below(tiny_config, tmp_path):
     log = tmp_path / "loss.jsonl"
-    cfg = load_config("train/yamls/demo-cpu.yaml", tiny_overrides(demo_sets, **{
-        "max_duration": "5ba", "loss_log": str(log), "model.vision.layers": 1, "model.text.layers": 1,
-        "scheduler.warmup": "0ba", "optimizer.lr": 0.01}))
+    cfg = tiny_config(**{"max_duration": "5ba", "loss_log": str(log), "model.vision.layers": 1,
+                         "model.text.layers": 1, "scheduler.warmup": "0ba", "optimizer.lr": 0.01})
     trainer = train(cfg, extra_callbacks=[_PushScale()])
     rows = [json.loads(line) for line in open(log)]
     scales = [r["scale"] for r in rows]

@@ -8,8 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from unimed.errors import UserError
+from unimed.train import loss as loss_registry
 from unimed.train.composer_model import UnimedCLIP, forward_flops_per_sample
-from unimed.train.loss import contrastive_loss
+from unimed.train.config import load_config
+from unimed.train.loss import contrastive_loss, get_loss, register_loss, registered_losses
 from unimed.train.model import CLIPModel, ModelConfig, TextConfig, VisionConfig, VisionTransformer
 from unimed.train.weights import load_text_weights, load_vision_weights
 
@@ -63,8 +66,95 @@ def test_siglip_loss_runs_and_prefers_aligned_pairs():
     aligned = contrastive_loss(x, x, torch.tensor([10.0]), kind="siglip", logit_bias=torch.tensor([-5.0]))
     shuffled = contrastive_loss(x, x.roll(1, 0), torch.tensor([10.0]), kind="siglip", logit_bias=torch.tensor([-5.0]))
     assert float(aligned) < float(shuffled)
-    with pytest.raises(ValueError, match="loss must be one of"):
+    with pytest.raises(UserError, match="'nce' is not a registered loss: use one of clip, siglip"):
         contrastive_loss(x, x, torch.tensor([1.0]), kind="nce")
+
+
+def _reference_siglip(img, txt, scale, bias):
+    logits = scale * img @ txt.T + bias
+    z = 2 * torch.eye(len(img)) - 1
+    return -F.logsigmoid(z * logits).sum() / len(img)
+
+
+#: The built-in losses by their plain definitions (a new built-in adds its own here).
+_DEFINITIONS = {"clip": lambda i, t, s, b: _reference_clip(i, t, s), "siglip": _reference_siglip}
+
+
+def _pairs(n: int = 4) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    return {"image": torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+            "tokens": torch.randint(1, 50, (n, 12), generator=g), "valid": torch.ones(n, dtype=torch.bool)}
+
+
+@pytest.mark.parametrize("name", registered_losses())
+def test_every_registered_loss_sends_gradients_through_the_model(name):
+    """Through the training path (``UnimedCLIP.loss``): every trainable parameter gets a finite gradient,
+    both towers, the scale and (where the loss takes one) the bias a non-zero one; and the gradient at the
+    embeddings is the loss's own definition's."""
+    torch.manual_seed(6)
+    model = CLIPModel(tiny(name), vocab_size=50)
+    cm = UnimedCLIP(model)
+    batch = _pairs()
+    img, txt, scale = cm(batch)
+    img.retain_grad()
+    txt.retain_grad()
+    loss = cm.loss((img, txt, scale), batch)
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+    needs_bias = get_loss(name).needs_bias
+    assert (model.logit_bias is not None) == needs_bias
+    moved = ["visual.conv1.weight", "visual.proj", "text.bert.encoder.layer.0.attention.self.query.weight",
+             "text.proj.fc2.weight", "logit_scale"] + (["logit_bias"] if needs_bias else [])
+    grads = dict(model.named_parameters())
+    for pname in moved:
+        assert float(grads[pname].grad.abs().max()) > 0, pname
+    if name in _DEFINITIONS:
+        i, t = img.detach().requires_grad_(), txt.detach().requires_grad_()
+        bias = None if model.logit_bias is None else model.logit_bias.detach()
+        want = _DEFINITIONS[name](i, t, scale.detach(), bias)
+        want.backward()
+        assert float(loss) == pytest.approx(float(want), rel=1e-5)
+        torch.testing.assert_close(img.grad, i.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(txt.grad, t.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """The loss registry as it is, restored after the test: a toy loss registered in a test stays there."""
+    monkeypatch.setattr(loss_registry, "_REGISTRY", dict(loss_registry._REGISTRY))
+
+
+@pytest.mark.parametrize("needs_bias", [False, True])
+def test_a_registered_toy_loss_is_accepted_by_the_config_and_builds_its_model(registry, needs_bias):
+    @register_loss("toy", needs_bias=needs_bias, init_bias=-3.0)
+    def toy(image, text, scale, bias, impl):  # image-to-text cross-entropy only
+        logits = scale * image @ text.T + (0.0 if bias is None else bias)
+        return F.cross_entropy(logits, torch.arange(len(image)))
+
+    assert load_config("demo-cpu", ["model.loss=toy"]).model.loss == "toy"
+    model = CLIPModel(tiny("toy"), vocab_size=50)
+    if needs_bias:
+        assert model.logit_bias.shape == (1,) and float(model.logit_bias) == -3.0
+    else:
+        assert model.logit_bias is None
+    cm = UnimedCLIP(model)
+    batch = _pairs()
+    cm.loss(cm(batch), batch).backward()
+    assert float(model.visual.conv1.weight.grad.abs().max()) > 0
+    assert needs_bias == (model.logit_bias is not None and float(model.logit_bias.grad.abs()) > 0)
+
+
+def test_an_unknown_loss_is_one_line_listing_the_registered_ones(registry):
+    register_loss("toy")(lambda image, text, scale, bias, impl: (image * text).sum())
+    with pytest.raises(UserError) as err:
+        load_config("demo-cpu", ["model.loss=nce"])
+    msg = str(err.value)
+    assert "\n" not in msg and "model.loss 'nce' is not a registered loss: use one of clip, siglip, toy" in msg
+    with pytest.raises(UserError, match="one of clip, siglip, toy"):
+        CLIPModel(tiny("nce"), vocab_size=50)
+    with pytest.warns(UserWarning, match="registered twice"):
+        register_loss("toy")(lambda image, text, scale, bias, impl: (image * text).sum())
 
 
 def test_composer_model_loss_and_flops():

@@ -9,10 +9,8 @@ import shutil
 import pytest
 import torch
 
-from tests.train.conftest import tiny_overrides
 from unimed.streaming.tokenizer import trim_padding
 from unimed.train.composer_model import UnimedCLIP, text_forward_flops, vision_forward_flops
-from unimed.train.config import load_config
 from unimed.train.model import CLIPModel, ModelConfig, TextConfig, VisionConfig
 from unimed.train.trainer import train
 
@@ -71,14 +69,12 @@ def _losses(path) -> list[float]:
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None and shutil.which("clang") is None,
                     reason="torch.compile on CPU needs a C++ compiler (none found)")
-def test_compile_true_trains_on_cpu_and_matches_eager(demo_sets, tmp_path):
+def test_compile_true_trains_on_cpu_and_matches_eager(tiny_config, tmp_path):
     common = {"max_duration": "2ba", "model.vision.layers": 1, "model.text.layers": 1, "model.text.dropout": 0.0,
               "data.batch_size": 4}
-    eager = load_config("train/yamls/demo-cpu.yaml", tiny_overrides(demo_sets, loss_log=str(tmp_path / "e.jsonl"),
-                                                                     **common))
+    eager = tiny_config(loss_log=str(tmp_path / "e.jsonl"), **common)
     train(eager)
-    compiled = load_config("train/yamls/demo-cpu.yaml", tiny_overrides(
-        demo_sets, loss_log=str(tmp_path / "c.jsonl"), compile="true", **common))
+    compiled = tiny_config(loss_log=str(tmp_path / "c.jsonl"), compile="true", **common)
     trainer = train(compiled)
     blocks = [m for m in trainer.state.model.modules() if hasattr(m.forward, "_torchdynamo_orig_callable")]
     assert len(blocks) == 2  # one ViT block and one BERT layer, compiled in place (names unchanged)

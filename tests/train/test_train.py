@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 from composer.core import Callback
 
-from tests.train.conftest import tiny_overrides
-from unimed.train.config import load_config
 from unimed.train.trainer import train
 
 
@@ -32,24 +31,23 @@ def _losses(path) -> dict[int, float]:
     return out
 
 
-def _cfg(demo_sets, folder, **extra):
+def _cfg(tiny_config, folder, **extra):
     # train=true: random crops and flips on; the dataset draws them from (seed, epoch, sample id), so
     # the resumed run sees the very same pixels. dropout 0: with dropout on, the resumed run's dropout stream differs from the uninterrupted one
     # (the global RNG is not at the same point after a resume, even with the loader's own generator).
-    o = tiny_overrides(demo_sets, **{"max_duration": "6ba", "data.train": "true", "data.shuffle": "true",
-                                     "loss_log": str(folder / "loss.jsonl"), "model.text.dropout": 0.0, **extra})
-    return load_config("train/yamls/demo-cpu.yaml", o)
+    return tiny_config(**{"max_duration": "6ba", "data.train": "true", "data.shuffle": "true",
+                          "loss_log": str(folder / "loss.jsonl"), "model.text.dropout": 0.0, **extra})
 
 
 @pytest.mark.slow
-def test_crash_and_autoresume_equal_an_uninterrupted_run(demo_sets, tmp_path, caplog):
-    ref = _cfg(demo_sets, tmp_path / "ref")
+def test_crash_and_autoresume_equal_an_uninterrupted_run(demo_sets, tiny_config, tmp_path, caplog):
+    ref = _cfg(tiny_config, tmp_path / "ref")
     train(ref)
     expected = _losses(tmp_path / "ref" / "loss.jsonl")
     assert sorted(expected) == [1, 2, 3, 4, 5, 6]
     assert all(v == v and v > 0 for v in expected.values())
 
-    cfg = _cfg(demo_sets, tmp_path / "run", save_folder=str(tmp_path / "run" / "ckpt"), save_interval="3ba",
+    cfg = _cfg(tiny_config, tmp_path / "run", save_folder=str(tmp_path / "run" / "ckpt"), save_interval="3ba",
                export_path=str(tmp_path / "run" / "model.pt"))
     with pytest.raises(KeyboardInterrupt):
         train(cfg, extra_callbacks=[_Crash(5)])
@@ -81,9 +79,10 @@ def test_crash_and_autoresume_equal_an_uninterrupted_run(demo_sets, tmp_path, ca
 def test_run_py_reports_a_bad_key_in_one_line(capsys):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("unimed_train_run", "train/run.py")
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("unimed_train_run", root / "train" / "run.py")
     run = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(run)
-    assert run.main(["train/yamls/demo-cpu.yaml", "optimizer.learning_rate=1"]) == 2
+    assert run.main(["demo-cpu", "optimizer.learning_rate=1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("train: error:") and "learning_rate" in err and "Traceback" not in err

@@ -15,7 +15,7 @@ __all__ = [
 
 _WHERE = {
     "CLIPModel": "model",
-    "ModelConfig": "model",
+    "ModelConfig": "model_config",
     "TrainConfig": "config",
     "load_config": "config",
     "UnimedCLIP": "composer_model",

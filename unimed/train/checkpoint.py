@@ -23,11 +23,15 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 
 from unimed.errors import UserError
+
+if TYPE_CHECKING:
+    from unimed.streaming.tokenizer import CaptionTokenizer
+    from unimed.train.config import TrainConfig
 
 __all__ = ["find_config", "safe_load", "validate_checkpoint", "composer_load_guard", "read_model_state",
            "read_checkpoint", "load_trained", "tokenizer_for", "check_tokenizer_matches"]
@@ -72,9 +76,9 @@ def _allow_checkpoint_globals() -> None:
     from torch.torch_version import TorchVersion
 
     try:
-        from numpy._core.multiarray import _reconstruct
+        from numpy._core.multiarray import _reconstruct  # type: ignore[attr-defined]
     except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
     torch.serialization.add_safe_globals([
         datetime.timedelta, TorchVersion, np.ndarray, np.dtype, np.dtypes.UInt32DType,
         (_reconstruct, "numpy.core.multiarray._reconstruct"), (_reconstruct, "numpy._core.multiarray._reconstruct"),
@@ -291,7 +295,7 @@ def read_model_state(checkpoint: str, ema: bool = True) -> dict[str, torch.Tenso
     return read_checkpoint(checkpoint, ema=ema)[0]
 
 
-def tokenizer_for(cfg):  # (TrainConfig) -> CaptionTokenizer
+def tokenizer_for(cfg: TrainConfig) -> CaptionTokenizer:
     """The caption tokenizer a config trains with: ``data.tokenizer``, else the text tower's folder.
 
     With both set, the tokenizer must be the pretrained text tower's own (:func:`check_tokenizer_matches`).

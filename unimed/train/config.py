@@ -3,7 +3,9 @@
 A key that is not a field (``optimizer.learning_rate`` for ``optimizer.lr``) or a value of the wrong
 type is a :class:`unimed.errors.UserError` naming the key and the file, never a silent default.
 The resolved config is saved beside the checkpoints (``save_folder/config.yaml``) so evaluation
-rebuilds the same model.
+rebuilds the same model. Reading and validating a config imports no torch, mosaicml-streaming,
+Composer, transformers or DALI: the dataclasses it is made of live in light modules
+(:mod:`unimed.streaming.config`, :mod:`unimed.train.model_config`, the loss registry).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from unimed.errors import UserError, yaml_error
-from unimed.streaming.loader import LoaderConfig
-from unimed.train.model import ModelConfig
+from unimed.streaming.config import LoaderConfig
+from unimed.train.loss import get_loss
+from unimed.train.model_config import ModelConfig
 
 __all__ = [
     "LR_SCALING", "OptimizerConfig", "SchedulerConfig", "ZeroShotConfig", "FSDPConfig", "EMAConfig",
@@ -182,6 +185,7 @@ def _check(cfg: TrainConfig, where: str) -> None:
         raise UserError(f"{where}: global_batch_size {cfg.global_batch_size}: at least 1")
     if not _DURATION.match(str(cfg.max_duration)):
         raise UserError(f"{where}: max_duration {cfg.max_duration!r}: a number and a unit, e.g. 10ep or 5000ba")
+    get_loss(cfg.model.loss, where=f"{where}: model.loss")
     if not 0.0 < cfg.ema.decay < 1.0:
         raise UserError(f"{where}: ema.decay {cfg.ema.decay}: between 0 and 1 (e.g. 0.999)")
     if cfg.data.mix and cfg.data.shards:

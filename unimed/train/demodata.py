@@ -1,28 +1,33 @@
 """The demo's training and held-out evaluation sets: real images of all six modalities, no overlap.
 
 Real files written by others (pydicom, pydicom-data, nibabel's tests, scikit-image) go through
-``ingest convert`` into a pool per split; the pooled images are cut into crops (the demo's
-"augmentation by sampling"), and the crops go through ``ingest convert`` again: training crops with a
-label table (modality per file, captions from the caption banks), evaluation crops from a
-class-folder layout (``eval/<modality>/*.png`` with ``--class-folders``), as a user's evaluation set
-would be. Held out: where a modality has several files, the evaluation files are others than the
-training files; where it has one or two images (chest/limb radiograph, the IHC slide, the retina),
-evaluation crops come from a region of the image no training crop touches.
+``ingest convert`` (its Python API, :func:`unimed.ingest.convert.convert`) into a pool per split;
+the pooled images are cut into crops (the demo's "augmentation by sampling"), and the crops are
+converted again: training crops with a label table (modality per file, captions from the caption
+banks), evaluation crops from a class-folder layout (``eval/<modality>/*.png`` with
+``class_folders``, the CLI's ``--class-folders``), as a user's evaluation set would be. Held out:
+where a modality has several files, the evaluation files are others than the training files; where
+it has one or two images (chest/limb radiograph, the IHC slide, the retina), evaluation crops come
+from a region of the image no training crop touches.
 
 The ultrasound test files carry burned-in annotation flags (or cannot be shown free of them), so they
-are converted with ``--allow-burned-in``: public test data, fine for a demo, never for patient data.
+are converted with ``allow_burned_in`` (the CLI's ``--allow-burned-in``): public test data, fine for a
+demo, never for patient data.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import os
 import shutil
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["POOL", "build_demo_sets"]
+__all__ = ["POOL", "build_demo_sets", "convert_folder"]
 
 #: modality -> (train files, eval files); "region" entries are split by image region instead.
 POOL: dict[str, dict[str, list[tuple[str, str]]]] = {
@@ -52,12 +57,23 @@ def _find(folder_fn: str, name: str) -> Path | None:
     return hits[0] if hits else None
 
 
-def _convert(args: list[str]) -> None:
-    from unimed.ingest import cli as ingest_cli
+def convert_folder(inputs: list[str], out: str, **options: Any) -> dict:
+    """``ingest convert`` through its Python API (flat ``ConvertConfig`` keywords, no progress bar),
+    printing the command's summary line; return the summary. Converting no image is an error."""
+    from unimed.ingest.convert import ConvertConfig, convert
 
-    rc = ingest_cli.main(["convert", *args, "--no-progress"])
-    if rc != 0:
-        raise SystemExit(f"ingest convert failed ({rc})")
+    cfg = ConvertConfig(inputs=list(inputs), out=str(out), progress=False, **options)
+    summary = convert(cfg, echo=lambda s: print(s, file=sys.stderr))
+    mods = ", ".join(f"{k} {v}" for k, v in summary["modality"].items()) or "none"
+    rejected = f"{summary['rejects']} rejected"
+    if summary["rejects"]:
+        rejected += f" (paths in {os.path.join(cfg.report_dir, 'rejects.jsonl')})"
+    print(f"converted {summary['images']} images ({mods}) into {cfg.out}; {rejected}; "
+          f"{summary['images_per_second']} img/s", flush=True)
+    if not summary["images"]:
+        raise SystemExit(f"ingest convert into {out}: no image was converted; the reasons are in "
+                         f"{os.path.join(str(out), 'rejects.jsonl')}")
+    return summary
 
 
 def _pool(root: Path, split: str, workers: int) -> Path:
@@ -79,9 +95,9 @@ def _pool(root: Path, split: str, workers: int) -> Path:
         w.writeheader()
         w.writerows(rows)
     out = files.parent / "shards"
-    # --allow-burned-in: the ultrasound files are public test data (see the module docstring).
-    _convert([str(files), "--out", str(out), "--labels", str(table), "--allow-burned-in", "--workers", str(workers),
-              "--source", f"demo-pool-{split}"])
+    # allow_burned_in: the ultrasound files are public test data (see the module docstring).
+    convert_folder([str(files)], str(out), labels=str(table), allow_burned_in=True, workers=workers,
+                   source_name=f"demo-pool-{split}")
     return out
 
 
@@ -137,15 +153,15 @@ def build_demo_sets(root: str | Path, train_per_modality: int = 80, eval_per_mod
     _crops(pools["train"], "train", train_per_modality, size, train_dir, seed=1)
     _modality_table(train_dir, labels=False)
     train_shards = root / "train-shards"
-    _convert([str(train_dir), "--out", str(train_shards), "--labels", str(train_dir.parent / "train.csv"),
-              "--workers", str(workers), "--source", "demo-train"])
+    convert_folder([str(train_dir)], str(train_shards), labels=str(train_dir.parent / "train.csv"), workers=workers,
+                   source_name="demo-train")
     eval_dir = root / "crops" / "eval"
     _crops(pools["eval"], "eval", eval_per_modality, size, eval_dir, seed=2)
     eval_shards = root / "eval" / "demo-modality"
     # The label is the class folder (as `--class-folders` gives it); the table adds each crop's modality.
     _modality_table(eval_dir, labels=True)
-    _convert([str(eval_dir), "--out", str(eval_shards), "--class-folders", "--labels", str(eval_dir.parent / "eval.csv"),
-              "--workers", str(workers), "--source", "demo-eval"])
+    convert_folder([str(eval_dir)], str(eval_shards), class_folders=True, labels=str(eval_dir.parent / "eval.csv"),
+                   workers=workers, source_name="demo-eval")
     tokenizer = train_tokenizer(str(train_shards), str(train_shards / "tokenizer"), vocab_size=400, context_length=32)
     return {"train": str(train_shards), "eval_root": str(root / "eval"), "eval": str(eval_shards),
             "tokenizer": tokenizer}

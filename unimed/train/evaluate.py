@@ -16,10 +16,15 @@ import math
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unimed.errors import UserError
 from unimed.train.catalog import EvalSetSpec, load_catalog, load_prompts
+
+if TYPE_CHECKING:
+    from unimed.streaming.tokenizer import CaptionTokenizer
+    from unimed.train.model import CLIPModel
+    from unimed.train.transform import EvalTransform
 
 __all__ = ["discover_sets", "spec_for_folder", "evaluate_sets", "check_sets", "render_markdown",
            "render_retrieval", "render_probe", "run_zeroshot", "run_retrieval", "run_linear_probe", "write_outputs"]
@@ -90,8 +95,9 @@ def check_sets(sets: list[tuple[str, str]], max_samples: int | None = None) -> d
 
 
 def evaluate_sets(
-    model, tokenizer, sets: list[tuple[str, str]], image_size: int, batch_size: int = 64,
-    max_samples: int | None = None, prompts_path: str | None = None, transform=None,
+    model: CLIPModel, tokenizer: CaptionTokenizer, sets: list[tuple[str, str]], image_size: int,
+    batch_size: int = 64, max_samples: int | None = None, prompts_path: str | None = None,
+    transform: EvalTransform | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Zero-shot metrics per set name (each with its ``modality``, ``title``, ``classes`` and ``chance``).
 
@@ -118,7 +124,7 @@ def _fmt(x: Any) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
 
 
-def _counts(d: dict[str, int]) -> str:
+def _counts(d: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in d.items())
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from unimed.errors import UserError
+from unimed.train.loss import loss_for_state
 
 __all__ = ["ImportReport", "unwrap_state", "detect_layout", "to_unimed_keys", "infer_descriptor",
            "text_config_from_state", "LAYOUTS", "BIOMEDCLIP_VISUAL"]
@@ -176,6 +177,6 @@ def infer_descriptor(state: dict[str, torch.Tensor], source: str, *, quick_gelu:
                       "layers": int(text["num_hidden_layers"]), "heads": int(text["num_attention_heads"]),
                       "intermediate_size": int(text["intermediate_size"]), "context_length": int(context_length),
                       "pretrained": None},
-             "loss": "siglip" if "logit_bias" in state else "clip"}
+             "loss": loss_for_state("logit_bias" in state)}
     return {"format": 1, "model": model, "text_config": text, "context_length": int(context_length),
             "pad_id": int(pad_id), "preprocess": preprocess}

@@ -5,7 +5,8 @@ The ViT keeps open_clip's parameter names (``conv1``, ``class_embedding``, ``pos
 checkpoint's ``visual.*`` weights load into it without open_clip or timm installed. The text tower
 is ``transformers``' ``BertModel`` (CLS pooling) followed by a two-layer MLP projection without
 biases, as in the reference system. Weights come only from local paths (see ``unimed.train.weights``);
-nothing is downloaded. Sizes are data: ``ModelConfig`` fields in the training YAML.
+nothing is downloaded. Sizes are data: ``ModelConfig`` fields in the training YAML (the dataclasses live in
+:mod:`unimed.train.model_config`, which imports no torch, and are re-exported here).
 
 Images enter as **uint8** ``[B, 3 or 1, S, S]`` (what both loaders and the evaluation transform hand
 over) and are normalized here, once, on the device: ``(x / 255 - mean) / std`` in float32 with
@@ -18,64 +19,18 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unimed.train.loss import get_loss
+from unimed.train.model_config import ModelConfig, TextConfig, VisionConfig
+
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's, of [0, 1] pixels
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 __all__ = ["VisionConfig", "TextConfig", "ModelConfig", "VisionTransformer", "TextTower", "CLIPModel"]
-
-
-@dataclass
-class VisionConfig:
-    """ViT image tower (defaults: ViT-B/16 at 224)."""
-
-    image_size: int = 224
-    patch_size: int = 16
-    width: int = 768
-    layers: int = 12
-    heads: int = 12
-    mlp_ratio: float = 4.0
-    quick_gelu: bool = True  # OpenAI/MetaCLIP weights were trained with QuickGELU
-    pretrained: str | None = None  # open_clip/MetaCLIP checkpoint file (its visual.* keys are used)
-    grad_checkpointing: bool = False
-    patch_dropout: float = 0.0  # share of patch tokens dropped at random in training (open_clip's)
-    locked: bool = False  # freeze the tower (LiT) ...
-    unlocked_layers: int = 0  # ... except its last N blocks and, when N > 0, ln_post and proj
-
-
-@dataclass
-class TextConfig:
-    """BERT text tower (defaults: BERT-base; BiomedBERT when ``pretrained`` names its folder)."""
-
-    vocab_size: int = 0  # 0: the tokenizer's size
-    hidden_size: int = 768
-    layers: int = 12
-    heads: int = 12
-    intermediate_size: int = 3072
-    context_length: int = 256
-    dropout: float = 0.1  # BERT's hidden and attention dropout
-    pretrained: str | None = None  # a local Hugging Face folder (config.json + weights)
-    grad_checkpointing: bool = False
-    locked: bool = False  # freeze the tower ...
-    unlocked_layers: int = 0  # ... except its last N BERT layers and, when N > 0, the projection
-
-
-@dataclass
-class ModelConfig:
-    """The whole CLIP model and its loss."""
-
-    embed_dim: int = 512
-    vision: VisionConfig = field(default_factory=VisionConfig)
-    text: TextConfig = field(default_factory=TextConfig)
-    init_logit_scale: float = 1 / 0.07  # SigLIP: 10
-    max_logit_scale: float = 100.0
-    loss: str = "clip"  # clip (symmetric InfoNCE) | siglip
-    loss_impl: str = "auto"  # unimed.kernels dispatch: auto | triton | torch
 
 
 class QuickGELU(nn.Module):
@@ -288,8 +243,9 @@ class CLIPModel(nn.Module):
         self.register_buffer("image_mean", torch.tensor(_CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(_CLIP_STD).view(1, 3, 1, 1), persistent=False)
         self.logit_scale = nn.Parameter(torch.full((1,), math.log(cfg.init_logit_scale)))
-        # SigLIP's learnable bias (the paper's init, -10); absent for the CLIP loss.
-        self.logit_bias = nn.Parameter(torch.full((1,), -10.0)) if cfg.loss == "siglip" else None
+        # A learnable logit bias where the loss takes one (SigLIP's, -10 at init); absent otherwise.
+        loss = get_loss(cfg.loss)
+        self.logit_bias = nn.Parameter(torch.full((1,), float(loss.init_bias))) if loss.needs_bias else None
         if cfg.vision.locked:  # locked-tower tuning (LiT): frozen parameters get no gradient, no optimizer state
             self.visual.lock(cfg.vision.unlocked_layers)
         if cfg.text.locked:

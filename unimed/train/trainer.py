@@ -14,12 +14,15 @@ import contextlib
 import logging
 import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from unimed.errors import UserError
 from unimed.train.config import LR_SCALING, TrainConfig, save_config
+
+if TYPE_CHECKING:
+    from composer import Trainer
 
 __all__ = ["build_optimizer", "build_trainer", "train", "resolve_device", "per_device_batch", "scaled_lr"]
 
@@ -80,13 +83,14 @@ def _check_microbatch(cfg: TrainConfig, batch: int) -> None:
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only (none on gains, biases, the logit scale and bias), at
     ``lr`` (default ``optimizer.lr``)."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for _, p in model.named_parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     o = cfg.optimizer
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=o.lr if lr is None else lr, betas=tuple(o.betas), eps=o.eps)
+    return torch.optim.AdamW(groups, lr=o.lr if lr is None else lr, betas=(o.betas[0], o.betas[1]), eps=o.eps)
 
 
 def _parallelism(cfg: TrainConfig) -> dict[str, Any] | None:
@@ -107,7 +111,8 @@ def _parallelism(cfg: TrainConfig) -> dict[str, Any] | None:
                      "mixed_precision": "FULL"}}
 
 
-def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None, train_dataloader=None):
+def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None,
+                  train_dataloader: Any = None) -> Trainer:
     """The Composer ``Trainer`` for ``cfg`` (nothing trained yet); ``train_dataloader`` replaces the
     shard loader (the benchmark's synthetic in-memory batches)."""
     from composer import Trainer

@@ -18,12 +18,17 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from unimed.errors import UserError
 from unimed.train.checkpoint import safe_load
+from unimed.train.model_config import ModelConfig
+
+if TYPE_CHECKING:
+    from unimed.train.model import CLIPModel
 
 __all__ = ["LoadReport", "load_vision_weights", "load_text_weights", "build_model", "declared_quick_gelu"]
 
@@ -80,7 +85,7 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        state = load_file(path)
+        state: Any = load_file(path)
     else:
         state = safe_load(path)  # weights_only; a file that would unpickle anything else is a UserError
     for key in ("state_dict", "model"):
@@ -134,15 +139,16 @@ def load_text_weights(tower: torch.nn.Module, folder: str) -> LoadReport:
     bert, info = BertModel.from_pretrained(
         folder, local_files_only=True, add_pooling_layer=False, output_loading_info=True
     )
-    if bert.config.hidden_size != tower.bert.config.hidden_size:
+    current: Any = tower.bert  # the tower's BertModel (nn.Module's attribute type is Tensor | Module)
+    if bert.config.hidden_size != current.config.hidden_size:
         raise UserError(
             f"{folder}: hidden size {bert.config.hidden_size} differs from model.text.hidden_size "
-            f"{tower.bert.config.hidden_size}"
+            f"{current.config.hidden_size}"
         )
-    if bert.config.vocab_size < tower.bert.config.vocab_size:
+    if bert.config.vocab_size < current.config.vocab_size:
         raise UserError(
             f"{folder}: its embeddings hold {bert.config.vocab_size} tokens, the tokenizer has "
-            f"{tower.bert.config.vocab_size}: train with the text tower's own tokenizer (data.tokenizer unset or "
+            f"{current.config.vocab_size}: train with the text tower's own tokenizer (data.tokenizer unset or "
             f"= {folder})"
         )
     tower.bert = bert
@@ -152,7 +158,7 @@ def load_text_weights(tower: torch.nn.Module, folder: str) -> LoadReport:
     return report
 
 
-def build_model(cfg, vocab_size: int, pad_id: int = 0):  # (ModelConfig) -> CLIPModel
+def build_model(cfg: ModelConfig, vocab_size: int, pad_id: int = 0) -> CLIPModel:
     """The CLIP model for ``cfg``: random init, then the local pretrained weights it names."""
     from unimed.train.model import CLIPModel
 
