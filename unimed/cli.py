@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from unimed.errors import UserError
+from unimed.errors import ArgumentParser, UserError, stdout_closed
 
 __all__ = ["main"]
 
@@ -29,7 +29,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unimed", description="unimed: medical CLIP data engine and trainer")
+    parser = ArgumentParser(prog="unimed", description="unimed: medical CLIP data engine and trainer")
     sub = parser.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="ingest the bundled sample data and print the figures")
     d.add_argument("--out", default="demo-out")
@@ -186,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"unimed: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        if not stdout_closed():
+            raise
+        return 1
 
 
 if __name__ == "__main__":

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
+import sys
+from typing import NoReturn
 
-__all__ = ["UserError", "RejectError", "safe_reason", "clean_message", "shown_path", "yaml_error"]
+__all__ = ["UserError", "RejectError", "ArgumentParser", "safe_reason", "clean_message", "shown_path", "yaml_error",
+           "stdout_closed"]
 
 
 class UserError(ValueError):
@@ -14,6 +18,32 @@ class UserError(ValueError):
     A ``ValueError``, as mosaicml-streaming's style has bad input be, so library callers that catch
     ``ValueError`` keep working; every CLI catches ``UserError``.
     """
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, but a bad argument is one line (the problem and where the help is), not the
+    usage block above it: the line that says what to fix stays the one the user reads."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def stdout_closed() -> bool:
+    """After a BrokenPipeError in a CLI: True if it was stdout's pipe that closed early (``| head``), which
+    is then pointed at devnull (Python's advice: the flush at exit must not raise again); False if the
+    error came from elsewhere (a worker's pipe: a bug, to re-raise)."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        closed = any(ev & select.POLLERR for _, ev in poll.poll(0))  # a pipe whose reader has gone
+    except (AttributeError, OSError, ValueError):
+        return False
+    if closed:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return closed
 
 
 def yaml_error(path: object, exc: Exception) -> UserError:

@@ -19,7 +19,27 @@ def test_zero_images_is_a_failure_with_the_reason(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1
     assert [ln for ln in err.splitlines() if ln.startswith("ingest: error")] == [
-        f"ingest: error: no image was converted; the reasons are in {tmp_path / 'out' / 'rejects.jsonl'}"]
+        "ingest: error: no image was converted: no source recognized the file (tried manifest: not its format; "
+        "slide: not its format; dicom: not its format; image: not its format; nifti: not its format) (1 of 1 "
+        f"inputs); every reason is in {tmp_path / 'out' / 'rejects.jsonl'}; once fixed, run again with --overwrite"]
+
+
+def test_a_manifest_of_plain_images_without_modality_names_the_fix(tmp_path, capsys):
+    """README's manifest example without --modality: the one line says why and what to pass; with it, the
+    corrected command runs after --overwrite."""
+    from unimed.samples import skimage_dir
+
+    (tmp_path / "images").mkdir()
+    shutil.copy(skimage_dir() / "retina.jpg", tmp_path / "images" / "r1.jpg")
+    manifest = tmp_path / "train.csv"
+    manifest.write_text("image,caption\nimages/r1.jpg,A fundus photograph with a normal optic disc.\n")
+    out = str(tmp_path / "roco")
+    assert cli.main(["convert", str(manifest), "--out", out, "--no-progress"]) == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("ingest: error")]
+    assert len(err) == 1 and "carries no modality; pass --modality" in err[0] and "--overwrite" in err[0]
+    assert cli.main(["convert", str(manifest), "--out", out, "--modality", "other", "--no-progress"]) == 2
+    assert cli.main(["convert", str(manifest), "--out", out, "--modality", "other", "--overwrite",
+                     "--no-progress"]) == 0
 
 
 def test_an_unknown_axis_is_a_bad_argument_not_a_reject_per_file(tmp_path, capsys):
@@ -28,7 +48,9 @@ def test_an_unknown_axis_is_a_bad_argument_not_a_reject_per_file(tmp_path, capsy
     shutil.copy(pydicom_dir() / "CT_small.dcm", src)
     with pytest.raises(SystemExit) as exc:
         cli.main(["convert", str(src), "--out", str(tmp_path / "out"), "--axis", "transverse"])
-    assert exc.value.code == 2 and "--axis" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "--axis: invalid choice: 'transverse'" in err
+    assert "ingest convert --help" in err  # one line, not the usage block of every flag
     assert not (tmp_path / "out").exists()
 
 
@@ -139,16 +161,22 @@ def test_a_failed_convert_leaves_nothing_and_overwrite_starts_again(tmp_path, ca
     """A mistake found before any chunk (no input, an empty folder, a bad labels table) leaves no `.unimed/`
     behind, so the corrected command runs; --overwrite replaces a finished dataset, and only a dataset."""
     (tmp_path / "empty").mkdir()
-    labels = tmp_path / "bad.csv"
-    labels.write_text("path,label\nx.png,a\n")
-    for argv in (["convert", str(tmp_path / "nope")], ["convert", str(tmp_path / "empty")],
-                 ["convert", str(tmp_path / "empty"), "--labels", str(labels)]):
-        assert cli.main([*argv, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
-        assert capsys.readouterr().err.count("\n") == 1
-        assert not (tmp_path / "out").exists() and not (tmp_path / "out.report").exists()
     src = tmp_path / "in"
     src.mkdir()
     shutil.copy(pydicom_dir() / "CT_small.dcm", src)
+    no_path = tmp_path / "no-path.csv"
+    no_path.write_text("name,label\nCT_small.dcm,a\n")
+    elsewhere = tmp_path / "elsewhere.csv"  # a table of other files: nothing it says reaches a sample
+    elsewhere.write_text("path,label\nx.png,a\n")
+    for argv, needle in ((["convert", str(tmp_path / "nope")], "no such file"),
+                         (["convert", str(tmp_path / "empty")], "no input files"),
+                         (["convert", str(src), "--labels", str(no_path)], "no path column"),
+                         (["convert", str(src), "--labels", str(src / "CT_small.dcm")], "not a CSV label table"),
+                         (["convert", str(src), "--labels", str(elsewhere)], "none of its 1 rows names one of")):
+        assert cli.main([*argv, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err, err
+        assert not (tmp_path / "out").exists() and not (tmp_path / "out.report").exists()
     out = str(tmp_path / "out")
     assert cli.main(["convert", str(src), "--out", out, "--no-progress"]) == 0
     assert cli.main(["convert", str(src), "--out", out, "--no-progress"]) == 2

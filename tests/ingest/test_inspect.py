@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from unimed.ingest import cli
-from unimed.ingest.inspect import COLS, TILE, inspect
+from unimed.ingest.inspect import COLS, TILE, _font, inspect
 
 
 def test_pictures_go_beside_the_dataset_in_a_grid(tmp_path, helpers, capsys):
@@ -28,3 +28,9 @@ def test_pictures_go_beside_the_dataset_in_a_grid(tmp_path, helpers, capsys):
     filled = (tile != 255).any(axis=0).sum()
     assert filled >= TILE - 16  # a 56-px-wide image fills its tile's width, not 56 px of it
     assert cli.main(["inspect", str(out)]) == 0 and "out.inspect" in capsys.readouterr().out
+
+
+def test_captions_on_the_sheet_keep_their_spaces():
+    """The sheet's font gives a space its width ("A CT scan.", never "ACTscan.")."""
+    font = _font()
+    assert font.getlength("A CT scan.") - font.getlength("ACTscan.") >= 4  # two spaces, 2 px or more each

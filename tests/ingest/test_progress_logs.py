@@ -56,3 +56,29 @@ def test_verify_inspect_split_use_the_convert_display(pngs, tmp_path, capsys, mo
                 assert lines == []
             else:
                 assert lines[-1].startswith(f"{what} {N}/{N} samples") and len(lines) >= N
+
+
+def test_the_rate_and_time_left_are_of_the_samples_not_of_the_start_up(pngs, tmp_path, capsys, monkeypatch):
+    """verify's first line once came at the first sample, after streaming's seconds of import: "1/83 samples,
+    0.2/s, 6:50 left" for a run that then took a second. The display starts when the samples do."""
+    import contextlib
+    import time
+
+    import unimed.ingest.progress as progress
+    import unimed.ingest.verify as verify
+
+    out = tmp_path / "out"
+    assert cli.main(["convert", str(pngs), "--out", str(out), "--modality", "other", "--no-progress"]) == 0
+    capsys.readouterr()
+    opened = verify.open_dataset
+
+    @contextlib.contextmanager
+    def slow_open(folder):
+        time.sleep(0.6)  # the import and the index reading
+        with opened(folder) as ds:
+            yield ds
+
+    monkeypatch.setattr(verify, "open_dataset", slow_open)
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.5)
+    assert cli.main(["verify", str(out), "--no-decode"]) == 0
+    assert not [ln for ln in _err(capsys).splitlines() if ln.startswith(f"verify 1/{N} samples")]

@@ -7,13 +7,14 @@ Thin: each subcommand parses flags, builds a config and calls one library functi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from dataclasses import MISSING
 from typing import Any
 
-from unimed.errors import UserError
+from unimed.errors import ArgumentParser, UserError, stdout_closed
 
 __all__ = ["main", "parse_size"]
 
@@ -182,10 +183,26 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     print(f"converted {summary['images']} images ({mods}) into {cfg.out}; {rejected}; "
           f"{summary['images_per_second']} img/s")
     if not summary["images"]:
-        print("ingest: error: no image was converted; the reasons are in "
-              f"{os.path.join(cfg.out, 'rejects.jsonl')}", file=sys.stderr)
+        print(f"ingest: error: {_nothing_converted(cfg.local_out, cfg.out)}", file=sys.stderr)
         return 1
     return 1 if (cfg.strict and summary["rejects"]) else 0
+
+
+def _nothing_converted(local_out: str, out: str) -> str:
+    """The line for a run that converted no image: the commonest reject reason, where the others are, and
+    how to run again (the folder now holds the empty dataset, so the corrected command needs --overwrite)."""
+    from collections import Counter
+
+    reasons: Counter = Counter()
+    with contextlib.suppress(OSError, ValueError):
+        with open(os.path.join(local_out, "rejects.jsonl")) as fh:
+            reasons.update(json.loads(line).get("reason", "") for line in fh if line.strip())
+    why = ""
+    if reasons:
+        reason, n = reasons.most_common(1)[0]
+        why = f": {reason} ({n} of {sum(reasons.values())} inputs)"
+    return (f"no image was converted{why}; every reason is in {os.path.join(out, 'rejects.jsonl')}; once fixed, "
+            "run again with --overwrite")
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -285,7 +302,7 @@ def _cmd_captions(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``ingest`` argument parser."""
-    parser = argparse.ArgumentParser(prog="ingest", description="Medical images into MDS shards for CLIP training.")
+    parser = ArgumentParser(prog="ingest", description="Medical images into MDS shards for CLIP training.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     _convert_parser(sub)
     sub.choices["convert"].set_defaults(func=_cmd_convert)
@@ -338,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"ingest: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        if not stdout_closed():
+            raise
+        return 1
     except KeyboardInterrupt:
         print("ingest: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130

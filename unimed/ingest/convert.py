@@ -315,10 +315,12 @@ def plan(cfg: ConvertConfig, opts: Options, pool: Any = None) -> tuple[list[Task
     if listed:
         tasks = [t for t in tasks if t.listed or t.name not in listed]
     loose: list[Task] = []  # --class-folders: images lying directly in an input folder, in no class folder
+    matched = 0  # inputs the label table names
     for t in tasks:
         root = roots.get(t.origin or t.name, os.path.dirname(t.name))
         t.source_name = cfg.source_name or DEFAULT_SOURCE
         hit = table.lookup(t.name) if table is not None else None
+        matched += hit is not None
         if cfg.class_folders and not t.listed:
             rel = os.path.relpath(t.name, root).split(os.sep)
             if len(rel) > 1:
@@ -331,6 +333,10 @@ def plan(cfg: ConvertConfig, opts: Options, pool: Any = None) -> tuple[list[Task
                 if hit.modality not in MODALITIES:
                     raise UserError(f"{cfg.labels}: modality {hit.modality} is not one of {', '.join(MODALITIES)}")
                 t.modality = hit.modality
+    if table is not None and tasks and not matched:  # a table for other files, or paths relative to elsewhere
+        raise UserError(f"--labels {cfg.labels}: none of its {len(table.entries)} rows names one of the "
+                        f"{len(tasks)} inputs (rows match by path relative to the table's folder, by file name "
+                        "or by glob); check the path column")
     if loose and len(loose) == len(tasks):
         raise UserError("--class-folders: every image lies directly in " + " ".join(cfg.inputs) + ", in no class "
                         "folder; give the folder that holds the class folders (e.g. BACH/, not BACH/Benign/)")
@@ -375,7 +381,8 @@ def _chunks(tasks: list[Task], prefix: str, chunk_mb: float, workers: int, sizes
             cum += w
         # Many small files beside a few big ones: no chunk holds more than max_tasks tasks either.
         sizes = [k // p + (i < k % p) for k in sizes if k for p in [-(-k // max_tasks)] for i in range(p)]
-    out, lo = [], 0
+    out: list[ChunkSpec] = []
+    lo = 0
     for k in sizes:
         out.append(ChunkSpec(f"{prefix}-c{len(out):05d}", tasks[lo:lo + k]))
         lo += k
@@ -530,7 +537,7 @@ def convert(cfg: ConvertConfig, echo: Any = print) -> dict:
     opts, wopts = cfg.read, cfg.write
     from unimed.ingest.captions import CaptionEngine
 
-    CaptionEngine(wopts.banks)  # a broken bank is a UserError now, not a reject per image later
+    CaptionEngine(list(wopts.banks))  # a broken bank is a UserError now, not a reject per image later
     key = load_uid_key(cfg.uid_key_file)
     publisher = None
     if is_remote(cfg.out):  # written into a local staging folder, uploaded chunk by chunk, index last
@@ -629,7 +636,8 @@ def _run(cfg: ConvertConfig, opts: Options, wopts: WriteOptions, key: bytes, ech
             with open(plan_file) as fh:
                 previous = json.load(fh)
             if previous.get("fingerprint") != fp:
-                raise UserError(f"{out}: inputs or options differ from the interrupted run; use a new --out")
+                raise UserError(f"{out}: inputs or options differ from the interrupted run; pass --overwrite to "
+                                "start again, or use a new --out")
             sizes = previous.get("chunks") or _legacy_sizes(tasks, cfg.chunk_mb)
         slots = cluster.slots(cfg.workers) if cluster is not None else cfg.workers
         chunks = _chunks(tasks, prefix, cfg.chunk_mb, slots, sizes)
@@ -695,4 +703,5 @@ def _wait_chunks(pool: Any, queue: Any, todo: list[ChunkSpec], args: tuple, bar:
                 finished.add(msg[1])
                 results[msg[1]].get()  # re-raise a worker's error (a full disk, a bug) here
         else:
-            tick(bar, *msg, echo, show_paths)
+            files, images, rejects = msg  # a worker Batcher's (files, images, rejects)
+            tick(bar, files, images, rejects, echo, show_paths)

@@ -130,6 +130,6 @@ def inspect(folder: str, sheet: str | None = None, per_modality: int = 6, seed: 
     path = sheet or os.path.join(pictures_dir(folder), "contact_sheet.png")
     contact_sheet(dict(picks), path)
     chart = balance_chart({"modality": dict(modality), "source": dict(source)},
-                          os.path.join(os.path.dirname(os.path.abspath(path)), "balance.png"))
+                          os.path.join(os.path.dirname(path), "balance.png"))  # beside the sheet
     return {"samples": n, "scanned": len(order), "modality": dict(sorted(modality.items())),
             "source": dict(sorted(source.items())), "sheet": path, "chart": chart}

@@ -61,18 +61,22 @@ class LabelTable:
             raise UserError(f"{csv_path}: label table not found")
         root = self.path.parent.resolve()
         opener = gzip.open if self.path.suffix == ".gz" else open
-        with opener(self.path, "rt", newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = [h for h in (reader.fieldnames or [])]
-            lower = {h.lower().strip(): h for h in header}
-            path_col = next((lower[c] for c in PATH_COLUMNS if c in lower), None)
-            if path_col is None:
-                raise UserError(
-                    f"{csv_path}: no path column; name one of {', '.join(PATH_COLUMNS)}"
-                )
-            label_col = next((lower[c] for c in LABEL_COLUMNS if c in lower), None)
-            mod_col = lower.get("modality")
-            rows = list(reader)
+        try:
+            with opener(self.path, "rt", newline="", encoding="utf-8-sig") as fh:
+                reader = csv.DictReader(fh)
+                header = [h for h in (reader.fieldnames or [])]
+                lower = {h.lower().strip(): h for h in header}
+                path_col = next((lower[c] for c in PATH_COLUMNS if c in lower), None)
+                if path_col is None:
+                    raise UserError(
+                        f"{csv_path}: no path column; name one of {', '.join(PATH_COLUMNS)}"
+                    )
+                label_col = next((lower[c] for c in LABEL_COLUMNS if c in lower), None)
+                mod_col = lower.get("modality")
+                rows = list(reader)
+        except (UnicodeDecodeError, csv.Error, EOFError, gzip.BadGzipFile) as exc:
+            raise UserError(f"{csv_path}: not a CSV label table in UTF-8 text ({type(exc).__name__}); give the "
+                            "table (path and labels columns), not an image or another file") from None
         onehot: list[str] = []
         if label_col is None:
             for h in header:

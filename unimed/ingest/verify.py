@@ -61,8 +61,10 @@ def _check_samples(folder: str, index: dict, decode: bool, progress: bool = True
         bounds.append((total, total + shard["samples"], shard_file(shard)["basename"]))
         total += shard["samples"]
     uids: dict[str, int] = {}
-    bar = Progress(total, progress, what="verify", unit="samples", count=None)
     with open_dataset(folder) as ds:
+        # Started once the dataset is open (streaming's import takes seconds): the rate and the time left
+        # are of the samples, not of the start-up.
+        bar = Progress(total, progress, what="verify", unit="samples", count=None)
         if len(ds) != total:
             faults.append(f"dataset reports {len(ds)} samples, index shards hold {total}")
         for lo, hi, name in bounds:
