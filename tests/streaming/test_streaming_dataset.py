@@ -33,8 +33,15 @@ def test_samples(shards, tokenizer_dir):
         assert isinstance(s["image"], np.ndarray) and s["image"].dtype == np.uint8
         assert sniff_codec(bytes(s["image"][:8])) in ("jpeg", "png")  # still encoded: no decoding here
         assert s["tokens"].shape == (32,) and s["tokens"][0] == 2  # [CLS]
-        assert s["flip"] == (MODALITIES[s["modality"]] == "pathology")
+        assert s["flip"] == 0  # no augmentation: never mirrored, flip modality or not
+        assert np.array_equal(s["crop"], [0, 0, 1, 1])
         assert s["valid"] or s["error"]
+
+
+def test_mirrored_only_when_augmenting_and_only_where_the_modality_allows(shards):
+    samples = list(_dataset(shards, flip_modalities=["pathology"], augment=True))
+    flips = collections.Counter((MODALITIES[s["modality"]], int(s["flip"])) for s in samples)
+    assert flips[("xray", 1)] == 0 and flips[("pathology", 1)] > 10 and flips[("pathology", 0)] > 10
 
 
 def test_caption_choice_is_seeded_and_uniform():

@@ -1,7 +1,7 @@
 """unimed.streaming: MDS shards -> StreamingDataset -> DALI decode and augment -> Composer batches.
 
 The trainer calls :func:`build_loader` with a :class:`LoaderConfig` and gets a Composer
-``DataSpec``; the rest is here for tests, benchmarks and the ``ingest tokenizer`` command.
+``DataSpec``; the rest is here for tests, benchmarks and the ``unimed tokenizer`` command.
 Heavy modules (DALI, Composer) load on first use of the loader.
 """
 

@@ -33,7 +33,7 @@ class LoaderConfig:
     mix: str | None = None  # YAML mix file (see unimed.streaming.mixing)
     shards: list[str] = field(default_factory=list)  # or: MDS folders, weighted by their size
     cache_dir: str | None = None  # local cache for remote (s3://, gs://) streams
-    tokenizer: str | None = None  # tokenizer folder (the text tower's, or `ingest tokenizer`'s)
+    tokenizer: str | None = None  # tokenizer folder (the text tower's, or `unimed tokenizer`'s)
     context_length: int = 256
     dynamic_padding: bool = True  # pad each batch to its longest caption, not to context_length
     pad_multiple: int = 8  # ... rounded up to a multiple of this
@@ -62,8 +62,8 @@ class LoaderConfig:
         """The DALI stage's part of this config."""
         return AugmentConfig(
             image_size=self.image_size,
-            scale=tuple(self.crop_scale),
-            ratio=tuple(self.crop_ratio),
+            scale=(float(self.crop_scale[0]), float(self.crop_scale[1])),
+            ratio=(float(self.crop_ratio[0]), float(self.crop_ratio[1])),
             train=self.train,
             decode_dtype=self.decode_dtype,
         )

@@ -21,30 +21,18 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 
 import numpy as np
+
+from unimed.streaming.config import CLIP_MEAN, CLIP_STD, AugmentConfig
 
 __all__ = ["AugmentConfig", "DaliProxyTransform", "build_pipeline", "choose_device", "CLIP_MEAN", "CLIP_STD",
            "DEVICES"]
 
 logger = logging.getLogger(__name__)
 
-CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 _ENV = "UNIMED_DALI_DEVICE"
 _logged_choice: set[tuple[str, str]] = set()
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """What the pipeline does to each image (defaults: CLIP training at 224 px)."""
-
-    image_size: int = 224
-    scale: tuple[float, float] = (0.9, 1.0)  # random-resized-crop area
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # random-resized-crop aspect
-    train: bool = True  # False: resize the shorter side and center-crop, no randomness
-    decode_dtype: str = "auto"  # "float": 16-bit PNGs keep their low bits; "uint8": half the CPU cost
 
 
 DEVICES = ("auto", "gpu", "cpu", "dali_cpu")

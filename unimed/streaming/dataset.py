@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import struct
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = ["UnimedDataset", "choose_caption", "choose_crop", "image_size"]
 logger = logging.getLogger(__name__)
 
 StreamingDataset = import_streaming().StreamingDataset
+_LOCAL = import_streaming().base.dataset._ShardState.LOCAL
 
 _MASK64 = (1 << 64) - 1
 
@@ -60,6 +62,7 @@ def _draw(key: int, k: int) -> float:
     return (_splitmix64(key ^ (k + 1)) >> 11) / float(1 << 53)
 
 
+_WHOLE = np.array([0.0, 0.0, 1.0, 1.0], dtype=np.float32)
 _CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 windows before its central fallback
 _DRAW_X, _DRAW_Y, _DRAW_FLIP = 2 * _CROP_ATTEMPTS, 2 * _CROP_ATTEMPTS + 1, 2 * _CROP_ATTEMPTS + 2
 
@@ -178,6 +181,19 @@ class UnimedDataset(StreamingDataset):
         self.crop_ratio = (float(crop_ratio[0]), float(crop_ratio[1]))
         self.bad_samples = 0  # per process: images replaced by the placeholder
         self._epoch = 0
+        self._whole_shards: set[int] = set()  # per process: shards prepare_shard found local and whole
+
+    def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
+        """The base class's, minus its per-sample cost once a shard is local: its download thread
+        calls this for every sample, each call taking a file lock and a ``stat`` (0.22 ms·core an image
+        measured, a tenth of the CPU path's budget). Without a ``cache_limit`` nothing evicts a local
+        shard, so after one full call finds it whole only its access time is touched."""
+        if not self.cache_limit and shard_id in self._whole_shards and self._shard_states[shard_id] == _LOCAL:
+            self._shard_access_times[shard_id] = time.time_ns()
+            return
+        super().prepare_shard(shard_id, blocking)
+        if not self.cache_limit and self._shard_states[shard_id] == _LOCAL:
+            self._whole_shards.add(shard_id)
 
     def _resume_incr_epoch(self) -> tuple[int, int]:
         # Record the epoch this worker iterates, for the caption choice (the base class keeps it local).
@@ -202,7 +218,7 @@ class UnimedDataset(StreamingDataset):
             crop, flip = choose_crop(self.caption_seed, self._epoch, sample_id, self.crop_scale, self.crop_ratio,
                                      flip_allowed, image_size(image) or (1, 1))
         else:
-            crop, flip = np.array([0.0, 0.0, 1.0, 1.0], dtype=np.float32), int(flip_allowed)
+            crop, flip = _WHOLE.copy(), 0  # no augmentation: the whole image, never mirrored
         out: dict[str, Any] = {
             "image": np.frombuffer(image, dtype=np.uint8),
             "caption": caption,

@@ -25,23 +25,28 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 from torch.utils.data import dataloader as torch_dataloader
 
-from unimed.streaming.dali import CLIP_MEAN, CLIP_STD, AugmentConfig, choose_device
+from unimed.streaming.config import LoaderConfig
+from unimed.streaming.dali import choose_device
 from unimed.streaming.dataset import UnimedDataset
 from unimed.streaming.decode import WorkerDecode, choose_jpeg_decoder
 from unimed.streaming.mixing import load_mix, parse_mix, to_streams
 from unimed.streaming.tokenizer import CaptionTokenizer, trim_padding
 
+if TYPE_CHECKING:
+    from composer.core import DataSpec
+
 __all__ = [
     "BatchAccounting",
     "LoaderConfig",
     "UnimedDataLoader",
+    "WorkerCollate",
     "build_dataloader",
     "build_dataset",
     "build_loader",
@@ -51,49 +56,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 _logged_decoder: set[str] = set()
-
-
-@dataclass
-class LoaderConfig:
-    """Everything the trainer sets about its data; one of ``mix`` (a YAML file) or ``shards``."""
-
-    mix: str | None = None  # YAML mix file (see unimed.streaming.mixing)
-    shards: list[str] = field(default_factory=list)  # or: MDS folders, weighted by their size
-    cache_dir: str | None = None  # local cache for remote (s3://, gs://) streams
-    tokenizer: str | None = None  # tokenizer folder (the text tower's, or `ingest tokenizer`'s)
-    context_length: int = 256
-    dynamic_padding: bool = True  # pad each batch to its longest caption, not to context_length
-    pad_multiple: int = 8  # ... rounded up to a multiple of this
-    batch_size: int = 64  # per device
-    num_workers: int = 4  # dataset worker processes (read, check, tokenize)
-    image_size: int = 224
-    crop_scale: tuple[float, float] = (0.9, 1.0)
-    crop_ratio: tuple[float, float] = (0.75, 4 / 3)
-    flip_modalities: list[str] = field(default_factory=lambda: ["pathology"])
-    mean: tuple[float, float, float] = CLIP_MEAN  # of [0, 1] pixels: applied by the model, not here
-    std: tuple[float, float, float] = CLIP_STD
-    train: bool = True  # False: deterministic resize + center crop, no shuffle
-    decode_dtype: str = "auto"  # 16-bit PNGs: float (resized at full precision) | uint8 (rounded first) | auto
-    device: str = "auto"  # auto | gpu (DALI) | cpu (worker decode) | dali_cpu; $UNIMED_DALI_DEVICE overrides auto
-    jpeg_decoder: str = "auto"  # CPU path: auto | pil | simplejpeg ($UNIMED_JPEG_DECODER overrides)
-    dali_threads: int = 2
-    prefetch_factor: int = 2  # batches in flight per worker
-    seed: int = 17  # shuffle, caption choice and augmentation seed
-    shuffle: bool | None = None  # default: = train
-    epoch_size: int | None = None  # samples per epoch over the mix (default: the mix's own)
-    drop_last: bool = True
-    predownload: int | None = None
-    cache_limit: str | None = None  # e.g. "200gb": evict remote shards beyond this
-
-    def augment(self) -> AugmentConfig:
-        """The DALI stage's part of this config."""
-        return AugmentConfig(
-            image_size=self.image_size,
-            scale=tuple(self.crop_scale),
-            ratio=tuple(self.crop_ratio),
-            train=self.train,
-            decode_dtype=self.decode_dtype,
-        )
 
 
 def build_dataset(
@@ -122,8 +84,8 @@ def build_dataset(
         flip_modalities=cfg.flip_modalities if cfg.train else (),
         transform=transform,
         augment=cfg.train,
-        crop_scale=tuple(cfg.crop_scale),
-        crop_ratio=tuple(cfg.crop_ratio),
+        crop_scale=(float(cfg.crop_scale[0]), float(cfg.crop_scale[1])),
+        crop_ratio=(float(cfg.crop_ratio[0]), float(cfg.crop_ratio[1])),
         batch_size=cfg.batch_size,
         shuffle=shuffle,
         shuffle_seed=cfg.seed,
@@ -146,6 +108,9 @@ class BatchAccounting:
         self.bad_uids: set[str] = set()
 
     def finish_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        for key, value in batch.items():  # WorkerCollate's small fields come as numpy: tensors, no copy
+            if isinstance(value, np.ndarray):
+                batch[key] = torch.from_numpy(value)
         if self.pad_multiple and "tokens" in batch:
             batch["tokens"] = trim_padding(batch["tokens"], self.pad_id, self.pad_multiple)
         if not bool(batch["valid"].all()):
@@ -162,6 +127,34 @@ class BatchAccounting:
                 logger.warning(
                     "unimed.streaming: skipped undecodable image uid=%s (%s)", uid, batch["error"][i]
                 )
+
+
+class WorkerCollate:
+    """The CPU path's ``collate_fn``, run in the workers: the images stacked into one ``uint8`` tensor
+    (in shared memory, as ``default_collate`` does in a worker), the token padding trimmed there
+    (``pad_multiple``), and the small per-sample fields (tokens, modality, flip, crop, valid) as numpy
+    arrays, pickled with the batch, which :meth:`BatchAccounting.finish_batch` turns into tensors
+    without a copy: one shared-memory segment (and one file descriptor passed over a socket) a batch
+    instead of six. Strings stay lists; dtypes are ``default_collate``'s."""
+
+    def __init__(self, pad_id: int = 0, pad_multiple: int | None = None) -> None:
+        self.pad_id, self.pad_multiple = pad_id, pad_multiple
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch: dict[str, Any] = {}
+        for key, first in samples[0].items():
+            values = [s[key] for s in samples]
+            if isinstance(first, torch.Tensor):
+                batch[key] = default_collate(values)
+            elif isinstance(first, str):
+                batch[key] = values
+            elif isinstance(first, np.ndarray):
+                batch[key] = np.stack(values)
+            else:  # bool, int, float and numpy scalars
+                batch[key] = np.asarray(values)
+        if self.pad_multiple and "tokens" in batch:
+            batch["tokens"] = trim_padding(batch["tokens"], self.pad_id, self.pad_multiple)
+        return batch
 
 
 class _FinishMixin:
@@ -188,6 +181,9 @@ class UnimedDataLoader(BatchAccounting, DataLoader):
     def __init__(self, dataset: UnimedDataset, pad_multiple: int | None = None, **kwargs: Any) -> None:
         if not isinstance(dataset.transform, WorkerDecode):
             raise ValueError("UnimedDataLoader needs a dataset whose transform is a WorkerDecode")
+        if kwargs.get("collate_fn") is None:
+            pad_id = dataset.tokenizer.pad_id if dataset.tokenizer is not None else 0
+            kwargs["collate_fn"] = WorkerCollate(pad_id, pad_multiple)
         super().__init__(dataset, **kwargs)
         self.init_accounting(dataset, pad_multiple)
 
@@ -246,7 +242,7 @@ def build_dataloader(cfg: LoaderConfig, tokenizer: CaptionTokenizer | None = Non
     return UnimedDataLoader(dataset, **loader_kwargs(cfg, pin_memory=torch.cuda.is_available()))
 
 
-def build_loader(cfg: LoaderConfig, tokenizer: CaptionTokenizer | None = None):  # -> composer.core.DataSpec
+def build_loader(cfg: LoaderConfig, tokenizer: CaptionTokenizer | None = None) -> DataSpec:
     """The training (or eval) loader for ``cfg`` as a Composer ``DataSpec``.
 
     ``DataSpec.num_samples`` is the epoch's sample count and ``get_num_samples_in_batch`` counts
@@ -256,4 +252,5 @@ def build_loader(cfg: LoaderConfig, tokenizer: CaptionTokenizer | None = None): 
     from composer.core import DataSpec
 
     loader = build_dataloader(cfg, tokenizer)
-    return DataSpec(loader, num_samples=loader.dataset.size, get_num_samples_in_batch=num_samples_in_batch)
+    dataset: UnimedDataset = loader.dataset  # type: ignore[assignment]
+    return DataSpec(loader, num_samples=dataset.size, get_num_samples_in_batch=num_samples_in_batch)

@@ -25,7 +25,8 @@ from typing import Any
 
 import yaml
 
-from unimed.errors import UserError
+from unimed.errors import UserError, yaml_error
+from unimed.shards import read_index
 
 __all__ = ["MixEntry", "REMOTE_SCHEMES", "load_mix", "parse_mix", "to_streams"]
 
@@ -101,7 +102,10 @@ def load_mix(path: str) -> tuple[list[MixEntry], str | None]:
     if not os.path.isfile(path):
         raise UserError(f"Mix file {path!r} does not exist")
     with open(path) as fh:
-        doc = yaml.safe_load(fh)
+        try:
+            doc = yaml.safe_load(fh)
+        except yaml.YAMLError as exc:
+            raise yaml_error(path, exc) from None
     return parse_mix(doc, root=os.path.dirname(os.path.abspath(path)), where=path)
 
 
@@ -131,5 +135,8 @@ def to_streams(entries: list[MixEntry], cache_dir: str | None = None) -> list:  
                 raise UserError(
                     f"Stream folder {entry.path!r} has no index.json: is it an MDS shard folder?"
                 )
+            if not sum(int(s.get("samples", 0)) for s in read_index(entry.path)["shards"]):
+                raise UserError(f"Stream folder {entry.path!r} holds no samples: its conversion converted "
+                                "nothing (see its summary.json and rejects.jsonl)")
             streams.append(Stream(local=entry.path, **weights))
     return streams

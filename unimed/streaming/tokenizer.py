@@ -19,6 +19,9 @@ from unimed.streaming.shards import iter_samples
 __all__ = ["CaptionTokenizer", "iter_captions", "load_tokenizer", "train_tokenizer", "trim_padding"]
 
 _SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# Captions remembered per tokenizer (per worker): caption banks repeat a few hundred phrasings, so most
+# calls are a lookup and a 2 KB copy (1 us) instead of an encode (33 us); 1024 x 256 ids = 2 MB at most.
+_CACHE_CAPTIONS = 1024
 
 
 def iter_captions(shard_dir: str) -> Iterator[str]:
@@ -67,12 +70,12 @@ def load_tokenizer(path: str):  # -> transformers.PreTrainedTokenizerBase
     if not os.path.isdir(path):
         raise UserError(
             f"Tokenizer folder {path!r} does not exist: give the text tower's tokenizer folder, "
-            "or make one with `ingest tokenizer SHARD_DIR`."
+            "or make one with `unimed tokenizer SHARD_DIR`."
         )
     files = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
     if not any(os.path.isfile(os.path.join(path, f)) for f in files):
         raise UserError(f"Tokenizer folder {path!r} holds no readable tokenizer (none of {', '.join(files)}): "
-                        "give the text tower's tokenizer folder, or make one with `ingest tokenizer SHARD_DIR`.")
+                        "give the text tower's tokenizer folder, or make one with `unimed tokenizer SHARD_DIR`.")
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as err:  # a folder without tokenizer files, or damaged ones
@@ -120,6 +123,7 @@ class CaptionTokenizer:
         self._hf = None
         self._backend = None
         self._vocab_size: int | None = None
+        self._cache: dict[str, np.ndarray] = {}
         fast = os.path.join(path, "tokenizer.json")
         if os.path.isfile(fast):
             from tokenizers import Tokenizer
@@ -151,6 +155,7 @@ class CaptionTokenizer:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
+        state["_cache"] = {}  # each copy fills its own
         if state.get("_backend") is not None:
             state["_hf"] = None  # workers need only the backend
         return state
@@ -161,6 +166,14 @@ class CaptionTokenizer:
         return self._vocab_size if self._vocab_size is not None else len(self.tokenizer)
 
     def __call__(self, caption: str) -> np.ndarray:
+        ids = self._cache.get(caption)
+        if ids is None:
+            ids = self._encode(caption)
+            if len(self._cache) < _CACHE_CAPTIONS:
+                self._cache[caption] = ids
+        return ids.copy()  # a copy: callers may write to theirs
+
+    def _encode(self, caption: str) -> np.ndarray:
         if self._backend is not None:
             ids = self._backend.encode(caption).ids
         else:
