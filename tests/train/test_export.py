@@ -68,6 +68,16 @@ def test_hf_export_has_config_safetensors_and_tokenizer(trained_checkpoint, imag
     back = unimed.load(folder)
     assert torch.equal(back.encode_image(images), ours.encode_image(images))
     assert torch.equal(back.encode_text(TEXTS), ours.encode_text(TEXTS))
+    # The tokenizer files moved away: one line saying so, and --tokenizer rescues the folder.
+    moved = tmp_path / "tokenizer"
+    moved.mkdir()
+    for f in folder.iterdir():
+        if f.name not in ("config.json", "model.safetensors"):
+            shutil.move(str(f), moved / f.name)
+    with pytest.raises(UserError, match="no tokenizer files .*--tokenizer"):
+        unimed.load(folder)
+    rescued = unimed.load(folder, tokenizer=str(moved))
+    assert torch.equal(rescued.encode_text(TEXTS), ours.encode_text(TEXTS))
 
 
 def test_a_sharded_checkpoint_carries_its_bundle(trained_checkpoint, images, tmp_path):

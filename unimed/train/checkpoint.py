@@ -304,7 +304,7 @@ def tokenizer_for(cfg: TrainConfig) -> CaptionTokenizer:
 
     path = cfg.data.tokenizer or cfg.model.text.pretrained
     if not path:
-        raise UserError("no tokenizer: set data.tokenizer (a folder from `ingest tokenizer`) or model.text.pretrained")
+        raise UserError("no tokenizer: set data.tokenizer (a folder from `unimed tokenizer`) or model.text.pretrained")
     tokenizer = CaptionTokenizer(path, cfg.model.text.context_length)
     if cfg.data.tokenizer and cfg.model.text.pretrained:
         check_tokenizer_matches(tokenizer, cfg.model.text.pretrained)

@@ -125,16 +125,18 @@ def _descriptor_from_config(cfg, tokenizer, state: dict, source: str) -> dict:
     return desc
 
 
-def _unimed_folder(folder: Path) -> Loaded:
-    """An ``unimed export --format hf`` folder: config.json (descriptor), model.safetensors, tokenizer."""
-    from unimed.streaming.tokenizer import CaptionTokenizer
-
+def _unimed_folder(folder: Path, tokenizer=None) -> Loaded:
+    """An ``unimed export --format hf`` folder: config.json (descriptor), model.safetensors, tokenizer
+    (``tokenizer``, a folder or a tokenizer, replaces the folder's own: its files moved or were left out)."""
     doc = json.loads((folder / "config.json").read_text())
     desc = doc["unimed"]
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise UserError(f"{folder}: no model.safetensors beside its config.json")
-    tok = CaptionTokenizer(str(folder), int(desc["context_length"]))
+    tok = _tokenizer_in(folder, tokenizer, int(desc["context_length"]))
+    if tok is None:
+        raise UserError(f"{folder}: no tokenizer files (tokenizer.json or vocab.txt) in the folder; give the "
+                        "tokenizer folder it was exported with (--tokenizer)")
     return build_loaded(desc, read_weights(weights), tok, str(folder), kind="unimed hf folder")
 
 
@@ -237,7 +239,7 @@ def load_any(path: str | os.PathLike, config: str | None = None, tokenizer=None,
         if (p / "open_clip_config.json").is_file():
             return _open_clip_folder(p, tokenizer, quick_gelu)
         if (p / "config.json").is_file() and json.loads((p / "config.json").read_text()).get("unimed"):
-            return _unimed_folder(p)
+            return _unimed_folder(p, tokenizer)
         if (p / ".metadata").is_file():
             return _composer(source, config, ema=ema)
         raise UserError(f"{source}: not a checkpoint folder (no .metadata, open_clip_config.json or unimed "
@@ -254,7 +256,8 @@ def load_any(path: str | os.PathLike, config: str | None = None, tokenizer=None,
     context = int(((doc or {}).get("model_cfg", {}).get("text_cfg", {}) or {}).get("context_length") or 256)
     tok = _tokenizer_in(None, tokenizer, context)
     if tok is None:
-        raise UserError(f"{source}: a {detect_layout(state, source)} checkpoint carries no tokenizer: give the "
+        layout = detect_layout(state, source)
+        raise UserError(f"{source}: {'an' if layout[0] in 'aeiou' else 'a'} {layout} checkpoint carries no tokenizer: give the "
                         "text tower's tokenizer folder (--tokenizer, e.g. its BiomedBERT folder)")
     desc, mapped, report = _foreign(state, source, tokenizer=tok, open_clip_cfg=doc, text_config=None,
                                     quick_gelu=quick_gelu)
