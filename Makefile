@@ -27,8 +27,10 @@ bench: install  # every stage's benchmark, full sizes; `make bench QUICK=--quick
 	  if [ -f benchmarks/$$b.py ]; then $(PY) benchmarks/$$b.py $(QUICK) --json benchmarks/out/$$b.json; fi; \
 	done
 
-lint: install
+lint: install  # the linter, the formatter (check only; `ruff format` rewrites) and the type checker on the seams
 	$(VENV)/bin/ruff check unimed tests benchmarks train
+	$(VENV)/bin/ruff format --check unimed tests benchmarks train
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf demo-out benchmarks/out .pytest_cache

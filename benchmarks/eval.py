@@ -32,16 +32,36 @@ def _train(root: str, sets: dict[str, str], quick: bool) -> str:
     from unimed.train.trainer import train
 
     steps = 60 if quick else 240
-    over = [f"data.shards=[{sets['train']}]", f"data.tokenizer={sets['tokenizer']}", f"max_duration={steps}ba",
-            f"save_folder={root}/run", f"save_interval={steps}ba", "autoresume=false", "console_log_interval=1000ba"]
+    over = [
+        f"data.shards=[{sets['train']}]",
+        f"data.tokenizer={sets['tokenizer']}",
+        f"max_duration={steps}ba",
+        f"save_folder={root}/run",
+        f"save_interval={steps}ba",
+        "autoresume=false",
+        "console_log_interval=1000ba",
+    ]
     if quick:
-        over += ["data.image_size=32", "model.vision.image_size=32", "model.vision.width=32", "model.vision.layers=2",
-                 "model.vision.heads=2", "model.text.hidden_size=32", "model.text.intermediate_size=64",
-                 "model.embed_dim=32", "data.batch_size=8", "data.num_workers=0", "optimizer.lr=2e-3"]
+        over += [
+            "data.image_size=32",
+            "model.vision.image_size=32",
+            "model.vision.width=32",
+            "model.vision.layers=2",
+            "model.vision.heads=2",
+            "model.text.hidden_size=32",
+            "model.text.intermediate_size=64",
+            "model.embed_dim=32",
+            "data.batch_size=8",
+            "data.num_workers=0",
+            "optimizer.lr=2e-3",
+        ]
     cfg = load_config("train/yamls/demo-cpu.yaml", over)
     train(cfg, extra_callbacks=[UnimedBundle(cfg, tokenizer_for(cfg))])
-    return next(os.path.join(root, "run", f) for f in os.listdir(os.path.join(root, "run")) if f.endswith(".pt")
-                and f.startswith("ep"))
+    return next(
+        os.path.join(root, "run", f)
+        for f in os.listdir(os.path.join(root, "run"))
+        if f.endswith(".pt") and f.startswith("ep")
+    )
 
 
 def _untrained(loaded):
@@ -63,12 +83,20 @@ def _figures(model, sets: dict[str, str]) -> dict[str, float]:
     seconds = time.perf_counter() - start
     r = model.retrieval(sets["eval"])
     p = model.linear_probe(sets["train"], test=sets["eval"], set_name="demo-modality")
-    return {"zeroshot_top1": round(z["top1"], 4), "zeroshot_balanced_top1": round(z["balanced_top1"], 4),
-            "zeroshot_n_per_class": z["per_class_n"], "zeroshot_images_per_second": round(z["n"] / seconds, 1),
-            **{k: round(v, 4) for k, v in r.items() if "/R@" in k}, "retrieval_images": r["n_images"],
-            "retrieval_distinct_captions": r["n_distinct_captions"], "probe_top1": round(p["top1"], 4),
-            "probe_balanced_top1": round(p["balanced_top1"], 4), "probe_train_test_per_class": {
-                c: f"{p['train_per_class_n'][c]}/{p['per_class_n'][c]}" for c in p["per_class_n"]}}
+    return {
+        "zeroshot_top1": round(z["top1"], 4),
+        "zeroshot_balanced_top1": round(z["balanced_top1"], 4),
+        "zeroshot_n_per_class": z["per_class_n"],
+        "zeroshot_images_per_second": round(z["n"] / seconds, 1),
+        **{k: round(v, 4) for k, v in r.items() if "/R@" in k},
+        "retrieval_images": r["n_images"],
+        "retrieval_distinct_captions": r["n_distinct_captions"],
+        "probe_top1": round(p["top1"], 4),
+        "probe_balanced_top1": round(p["balanced_top1"], 4),
+        "probe_train_test_per_class": {
+            c: f"{p['train_per_class_n'][c]}/{p['per_class_n'][c]}" for c in p["per_class_n"]
+        },
+    }
 
 
 def _export_agreement(checkpoint: str, root: str, images: list[bytes]) -> dict[str, float]:

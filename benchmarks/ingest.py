@@ -154,8 +154,13 @@ def bench_slides(report: Report, scratch: Path, quick: bool) -> None:
         s = run_ingest(slides, scratch / f"out_slides_{workers}", workers, "auto", max_tiles=0)
         t = time.perf_counter() - t0
         rates[workers] = s["images"] / t
-        report.add(f"slides/ingest_{workers}worker", tiles=s["images"], seconds=round(t, 3),
-                   tiles_per_second=round(rates[workers], 2), bytes_per_tile=s["bytes_per_image"])
+        report.add(
+            f"slides/ingest_{workers}worker",
+            tiles=s["images"],
+            seconds=round(t, 3),
+            tiles_per_second=round(rates[workers], 2),
+            bytes_per_tile=s["bytes_per_image"],
+        )
     report.ratio("tiles/baseline", rates[1], nb / tb)
     report.ratio("slides:ingest_2workers/ingest_1worker", rates[2], rates[1])
     big = scratch / "big_slide.tif"
@@ -163,11 +168,21 @@ def bench_slides(report: Report, scratch: Path, quick: bool) -> None:
         write_slide(big, 100_000, 100_000, levels=7, mpp=0.25, blobs=[(0.5, 0.5, 0.01), (0.2, 0.8, 0.005)])
     shutil.rmtree(scratch / "out_big", ignore_errors=True)
     shutil.rmtree(scratch / "out_big.report", ignore_errors=True)
-    out = subprocess.run([sys.executable, "-c", _RSS, str(big), str(scratch / "out_big")], capture_output=True,
-                         text=True, check=True, env={**os.environ, "PYTHONPATH": ROOT})
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS, str(big), str(scratch / "out_big")],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
     figs = json.loads(out.stdout.strip().splitlines()[-1])
-    report.add("slides/100k_slide", tiles=figs["tiles"], file_mb=round(big.stat().st_size / 1e6, 1),
-               peak_rss_mb=round(figs["peak"], 1), rss_before_convert_mb=round(figs["base"], 1))
+    report.add(
+        "slides/100k_slide",
+        tiles=figs["tiles"],
+        file_mb=round(big.stat().st_size / 1e6, 1),
+        peak_rss_mb=round(figs["peak"], 1),
+        rss_before_convert_mb=round(figs["base"], 1),
+    )
     report.ratios["peak_rss_mb"] = round(figs["peak"], 1)
 
 
@@ -181,8 +196,7 @@ def run_ingest(inputs: Path, out: Path, workers: int, modality: str, **kw: objec
     from unimed.ingest.convert import ConvertConfig, convert
 
     _fresh(out)
-    cfg = ConvertConfig(inputs=[str(inputs)], out=str(out), workers=workers, modality=modality, progress=False,
-                        **kw)  # type: ignore[arg-type]
+    cfg = ConvertConfig(inputs=[str(inputs)], out=str(out), workers=workers, modality=modality, progress=False, **kw)  # type: ignore[arg-type]
     return convert(cfg, echo=lambda s: None)
 
 
@@ -196,15 +210,32 @@ def ingest_process(inputs: Path, out: Path, workers: int, modality: str) -> tupl
 
     _fresh(out)
     level = ConvertConfig(inputs=[], out="").compression or "none"
-    return process_seconds([sys.executable, "-m", "unimed.ingest.cli", "convert", str(inputs), "--out", str(out),
-                            "--workers", str(workers), "--modality", modality, "--no-progress",
-                            "--compression", level], _env())
+    return process_seconds(
+        [
+            sys.executable,
+            "-m",
+            "unimed.ingest.cli",
+            "convert",
+            str(inputs),
+            "--out",
+            str(out),
+            "--workers",
+            str(workers),
+            "--modality",
+            modality,
+            "--no-progress",
+            "--compression",
+            level,
+        ],
+        _env(),
+    )
 
 
 def baseline_process(kind: str, inputs: Path, tar: Path) -> tuple[float, float]:
     """Whole-process wall and CPU seconds of the baseline script."""
-    return process_seconds([sys.executable, os.path.abspath(__file__), "--baseline-only", kind, str(inputs),
-                            str(tar)], _env())
+    return process_seconds(
+        [sys.executable, os.path.abspath(__file__), "--baseline-only", kind, str(inputs), str(tar)], _env()
+    )
 
 
 def zstd_levels(out: Path, images: int) -> dict[str, dict[str, float]]:
@@ -222,7 +253,10 @@ def zstd_levels(out: Path, images: int) -> dict[str, dict[str, float]]:
             t0 = time.perf_counter()
             size = sum(len(compress(level, r)) for r in raws)
             best = min(best, time.perf_counter() - t0)
-        figs[level or "none"] = {"bytes_per_image": round(size / images, 1), "ms_per_image": round(best / images * 1e3, 4)}
+        figs[level or "none"] = {
+            "bytes_per_image": round(size / images, 1),
+            "ms_per_image": round(best / images * 1e3, 4),
+        }
     return figs
 
 
@@ -264,29 +298,42 @@ def bench_kind(report: Report, kind: str, inputs: Path, scratch: Path, repeats: 
         keep("whole_baseline", *baseline_process(kind, inputs, scratch / f"baseline_{kind}_p.tar"))
         for workers in (1, 2):
             _cache(files)
-            keep(f"whole_ingest_{workers}", *ingest_process(inputs, scratch / f"outp_{kind}_{workers}",
-                                                            workers, "ct"))
+            keep(f"whole_ingest_{workers}", *ingest_process(inputs, scratch / f"outp_{kind}_{workers}", workers, "ct"))
     rate = {k: nb / v for k, v in best.items()}
-    report.add(f"{kind}/baseline", images=nb, seconds=round(best["baseline"], 3),
-               images_per_second=round(rate["baseline"], 1), bytes_per_image=round(tar_bytes / nb, 1),
-               cpu_ms_per_image=round(cpu["baseline"] / nb * 1e3, 3),
-               whole_process_seconds=round(best["whole_baseline"], 3), cores=round(cores["baseline"], 2))
+    report.add(
+        f"{kind}/baseline",
+        images=nb,
+        seconds=round(best["baseline"], 3),
+        images_per_second=round(rate["baseline"], 1),
+        bytes_per_image=round(tar_bytes / nb, 1),
+        cpu_ms_per_image=round(cpu["baseline"] / nb * 1e3, 3),
+        whole_process_seconds=round(best["whole_baseline"], 3),
+        cores=round(cores["baseline"], 2),
+    )
     for workers in (1, 2):
         s = summaries[workers]
         split = s["worker_seconds"]
         busy = sum(split.get(k, 0.0) for k in ("decode", "transform", "encode", "write"))
-        report.add(f"{kind}/ingest_{workers}worker", images=s["images"], chunks=s["chunks"],
-                   seconds=round(best[f"ingest_{workers}"], 3),
-                   images_per_second=round(rate[f"ingest_{workers}"], 1),
-                   whole_process_seconds=round(best[f"whole_ingest_{workers}"], 3),
-                   cpu_ms_per_image=round(cpu[f"ingest_{workers}"] / max(s["images"], 1) * 1e3, 3),
-                   cores=round(cores[f"ingest_{workers}"], 2), whole_cores=round(cores[f"whole_ingest_{workers}"], 2),
-                   bytes_per_image=s["bytes_per_image"],
-                   shard_bytes_per_image=round(s["shard_bytes"] / max(s["images"], 1), 1),
-                   time_split={k: round(split.get(k, 0.0) / busy, 3) for k in
-                               ("decode", "transform", "encode", "write")} if busy else {})
-    for prefix, b, one, two in (("", "baseline", "ingest_1", "ingest_2"),
-                                ("whole:", "whole_baseline", "whole_ingest_1", "whole_ingest_2")):
+        report.add(
+            f"{kind}/ingest_{workers}worker",
+            images=s["images"],
+            chunks=s["chunks"],
+            seconds=round(best[f"ingest_{workers}"], 3),
+            images_per_second=round(rate[f"ingest_{workers}"], 1),
+            whole_process_seconds=round(best[f"whole_ingest_{workers}"], 3),
+            cpu_ms_per_image=round(cpu[f"ingest_{workers}"] / max(s["images"], 1) * 1e3, 3),
+            cores=round(cores[f"ingest_{workers}"], 2),
+            whole_cores=round(cores[f"whole_ingest_{workers}"], 2),
+            bytes_per_image=s["bytes_per_image"],
+            shard_bytes_per_image=round(s["shard_bytes"] / max(s["images"], 1), 1),
+            time_split={k: round(split.get(k, 0.0) / busy, 3) for k in ("decode", "transform", "encode", "write")}
+            if busy
+            else {},
+        )
+    for prefix, b, one, two in (
+        ("", "baseline", "ingest_1", "ingest_2"),
+        ("whole:", "whole_baseline", "whole_ingest_1", "whole_ingest_2"),
+    ):
         report.ratio(f"{prefix}{kind}:ingest/baseline", rate[one], rate[b])
         report.ratio(f"{prefix}{kind}:ingest_2workers/ingest_1worker", rate[two], rate[one])
         # Per core by CPU time: what the wall ratio reads on a quiet machine (both single-process).
@@ -294,8 +341,11 @@ def bench_kind(report: Report, kind: str, inputs: Path, scratch: Path, repeats: 
     if kind == "dicom":
         from unimed.ingest.convert import ConvertConfig
 
-        report.add("zstd", default=ConvertConfig(inputs=[], out="").compression,
-                   **zstd_levels(scratch / "out_dicom_1", summaries[1]["images"]))
+        report.add(
+            "zstd",
+            default=ConvertConfig(inputs=[], out="").compression,
+            **zstd_levels(scratch / "out_dicom_1", summaries[1]["images"]),
+        )
 
 
 def bench_volumes(report: Report, scratch: Path, n: int, n_nifti: int, size: int, repeats: int) -> None:
@@ -326,8 +376,9 @@ def bench_volumes(report: Report, scratch: Path, n: int, n_nifti: int, size: int
     for prefix in ("", "whole:"):
         report.ratios[f"cpu:{prefix}ingest/baseline"] = report.ratios[f"cpu:{prefix}dicom:ingest/baseline"]
         report.ratios[f"{prefix}ingest/baseline"] = report.ratios[f"{prefix}dicom:ingest/baseline"]
-        report.ratios[f"{prefix}ingest_2workers/ingest_1worker"] = \
-            report.ratios[f"{prefix}dicom:ingest_2workers/ingest_1worker"]
+        report.ratios[f"{prefix}ingest_2workers/ingest_1worker"] = report.ratios[
+            f"{prefix}dicom:ingest_2workers/ingest_1worker"
+        ]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -355,8 +406,11 @@ def main(argv: list[str] | None = None) -> dict:
             bench_volumes(report, scratch, n, n_nifti, args.size, args.repeats)
         if args.slides:
             bench_slides(report, scratch, args.quick)
-        report.add("memory", peak_rss_mb_main=round(peak_rss_mb(), 1),
-                   peak_rss_mb_children=round(peak_rss_mb(children=True), 1))
+        report.add(
+            "memory",
+            peak_rss_mb_main=round(peak_rss_mb(), 1),
+            peak_rss_mb_children=round(peak_rss_mb(children=True), 1),
+        )
     finally:
         if not args.scratch:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -35,8 +35,10 @@ def convert_process(inputs: Path, out: Path, *extra: str) -> float:
     """Whole-process wall seconds of ``ingest convert`` (CPU is not comparable: Ray's workers are the
     raylet's children, not the command's)."""
     _fresh(out)
-    return process_seconds([sys.executable, "-m", "unimed.ingest.cli", "convert", str(inputs), "--out", str(out),
-                            "--no-progress", *extra], _env())[0]
+    return process_seconds(
+        [sys.executable, "-m", "unimed.ingest.cli", "convert", str(inputs), "--out", str(out), "--no-progress", *extra],
+        _env(),
+    )[0]
 
 
 def same_dataset(a: Path, b: Path) -> bool:
@@ -85,16 +87,18 @@ def main(argv: list[str] | None = None) -> dict:
             joined = ("--engine", "ray", "--address", address)
             for _ in range(args.repeats):
                 _cache(files)
-                best["ray_joined"] = min(best.get("ray_joined", 1e9),
-                                         convert_process(inputs, scratch / "out_ray_joined", *joined))
+                best["ray_joined"] = min(
+                    best.get("ray_joined", 1e9), convert_process(inputs, scratch / "out_ray_joined", *joined)
+                )
                 same &= same_dataset(scratch / "out_local", scratch / "out_ray_joined")
-            fixed = {name: min(convert_process(one, scratch / f"one_{name}", *extra) for _ in range(3))
-                     for name, extra in (("local", ("--workers", "2")), ("ray_joined", joined))}
+            fixed = {
+                name: min(convert_process(one, scratch / f"one_{name}", *extra) for _ in range(3))
+                for name, extra in (("local", ("--workers", "2")), ("ray_joined", joined))
+            }
         finally:
             ray.shutdown()
         for name, seconds in best.items():
-            report.add(name, images=n, whole_process_seconds=round(seconds, 3),
-                       images_per_second=round(n / seconds, 1))
+            report.add(name, images=n, whole_process_seconds=round(seconds, 3), images_per_second=round(n / seconds, 1))
         report.add("one_slice", local_s=round(fixed["local"], 3), ray_joined_s=round(fixed["ray_joined"], 3))
         report.add("identical", ray_and_local=same)
         report.ratio("whole:ray/local_2workers", best["ray"], best["local"])

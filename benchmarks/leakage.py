@@ -26,10 +26,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import Report, base_parser  # noqa: E402
 
 #: Single-frame DICOM images of distinct content (other encodings of the same image are left out).
-DICOM = [("pydicom_dir", "CT_small.dcm"), ("pydicom_dir", "MR_small.dcm"), ("pydicom_data_dir", "RG1_UNCR.dcm"),
-         ("pydicom_data_dir", "RG3_UNCR.dcm"), ("pydicom_data_dir", "693_UNCR.dcm"), ("pydicom_data_dir", "MR2_UNCR.dcm"),
-         ("pydicom_data_dir", "US1_UNCR.dcm"), ("pydicom_data_dir", "CT1_UNC.explicit_big_endian.dcm"),
-         ("pydicom_dir", "explicit_VR-UN.dcm"), ("pydicom_data_dir", "RG2_UNCI.dcm")]
+DICOM = [
+    ("pydicom_dir", "CT_small.dcm"),
+    ("pydicom_dir", "MR_small.dcm"),
+    ("pydicom_data_dir", "RG1_UNCR.dcm"),
+    ("pydicom_data_dir", "RG3_UNCR.dcm"),
+    ("pydicom_data_dir", "693_UNCR.dcm"),
+    ("pydicom_data_dir", "MR2_UNCR.dcm"),
+    ("pydicom_data_dir", "US1_UNCR.dcm"),
+    ("pydicom_data_dir", "CT1_UNC.explicit_big_endian.dcm"),
+    ("pydicom_dir", "explicit_VR-UN.dcm"),
+    ("pydicom_data_dir", "RG2_UNCI.dcm"),
+]
 
 
 def _variants(im):  # noqa: ANN001, ANN202 - PIL images
@@ -39,8 +47,12 @@ def _variants(im):  # noqa: ANN001, ANN202 - PIL images
     q = io.BytesIO()
     im.convert("RGB").save(q, "JPEG", quality=55)
     dx, dy = max(1, w // 50), max(1, h // 50)
-    return {"reencoded": Image.open(io.BytesIO(q.getvalue())), "resized": im.resize((w * 3 // 4, h * 3 // 4)),
-            "shifted": Image.fromarray(np.roll(np.asarray(im), 1, axis=1)), "cropped": im.crop((dx, dy, w, h))}
+    return {
+        "reencoded": Image.open(io.BytesIO(q.getvalue())),
+        "resized": im.resize((w * 3 // 4, h * 3 // 4)),
+        "shifted": Image.fromarray(np.roll(np.asarray(im), 1, axis=1)),
+        "cropped": im.crop((dx, dy, w, h)),
+    }
 
 
 def _pool(scratch: Path) -> list[Path]:
@@ -64,8 +76,10 @@ def _pool(scratch: Path) -> list[Path]:
         src = getattr(samples, fn)() / name
         if src.is_file():
             shutil.copy(src, dicom_in / name)
-    convert(ConvertConfig(inputs=[str(dicom_in)], out=str(scratch / "dicom-shards"), allow_burned_in=True,
-                          progress=False), echo=lambda s: None)
+    convert(
+        ConvertConfig(inputs=[str(dicom_in)], out=str(scratch / "dicom-shards"), allow_burned_in=True, progress=False),
+        echo=lambda s: None,
+    )
     for k, s in enumerate(iter_samples(str(scratch / "dicom-shards"))):
         Image.open(io.BytesIO(s["image"])).save(pool / f"dicom-{k:02d}.png")
     return sorted(pool.iterdir())
@@ -111,14 +125,25 @@ def planted(report: Report, scratch: Path, distances: list[int]) -> None:
         pairs = find_pairs(tr, ev, dist)
         found = {str(p.j) for p in pairs if truth.get(str(p.j)) == tr_name[p.i]}
         false = [p for p in pairs if truth.get(str(p.j)) != tr_name[p.i]]
-        per_kind = {k: round(sum(kinds[j] == k for j in found) / sum(v == k for v in kinds.values()), 3)
-                    for k in sorted(set(kinds.values()))}
-        report.add(f"planted@{dist}", copies=len(truth), found=len(found), recall=round(len(found) / len(truth), 4),
-                   false_pairs=len(false), train=len(tr.exact), eval=len(ev.exact), recall_by_kind=per_kind)
+        per_kind = {
+            k: round(sum(kinds[j] == k for j in found) / sum(v == k for v in kinds.values()), 3)
+            for k in sorted(set(kinds.values()))
+        }
+        report.add(
+            f"planted@{dist}",
+            copies=len(truth),
+            found=len(found),
+            recall=round(len(found) / len(truth), 4),
+            false_pairs=len(false),
+            train=len(tr.exact),
+            eval=len(ev.exact),
+            recall_by_kind=per_kind,
+        )
     # The margin: the closest pair of images that are not copies of each other.
     d = _distances(tr.phash, ev.phash)
-    closest = min(int(d[i, j]) for i in range(len(tr.exact)) for j in range(len(ev.exact))
-                  if truth.get(str(j)) != tr_name[i])
+    closest = min(
+        int(d[i, j]) for i in range(len(tr.exact)) for j in range(len(ev.exact)) if truth.get(str(j)) != tr_name[i]
+    )
     report.add("planted", closest_distinct_bits=closest)
 
 
@@ -154,14 +179,23 @@ def demo(report: Report, scratch: Path, quick: bool) -> None:
     from unimed.leakage import DEFAULT_MAX_DISTANCE, leakage
     from unimed.train.demodata import build_demo_sets
 
-    sets = build_demo_sets(scratch / "demo", train_per_modality=16 if quick else 80,
-                           eval_per_modality=6 if quick else 24, size=96, workers=1)
+    sets = build_demo_sets(
+        scratch / "demo",
+        train_per_modality=16 if quick else 80,
+        eval_per_modality=6 if quick else 24,
+        size=96,
+        workers=1,
+    )
     for dist in sorted({DEFAULT_MAX_DISTANCE, 6, 10}):
         r = leakage(sets["train"], [sets["eval"]], max_distance=dist)
         ev = r["sets"][os.path.basename(sets["eval"])]
-        report.add(f"demo@{dist}", train=r["train"]["samples"], eval=ev["samples"],
-                   train_eval_pairs=ev["exact_pairs"] + ev["near_pairs"],
-                   within_train_pairs=r["train"]["exact_pairs"] + r["train"]["near_pairs"])
+        report.add(
+            f"demo@{dist}",
+            train=r["train"]["samples"],
+            eval=ev["samples"],
+            train_eval_pairs=ev["exact_pairs"] + ev["near_pairs"],
+            within_train_pairs=r["train"]["exact_pairs"] + r["train"]["near_pairs"],
+        )
 
 
 def main() -> dict:

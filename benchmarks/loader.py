@@ -114,8 +114,12 @@ def _measure(batches, batch_images) -> dict[str, float]:
     total = n + batch_images(first)
     del first, it
     cpu = cpu_seconds() - cpu0
-    return {"ttfb_s": round(t_first - start, 3), "images_per_s": round(n / elapsed, 1), "images": n,
-            "cpu_ms_per_image": round(1000 * cpu / total, 3)}
+    return {
+        "ttfb_s": round(t_first - start, 3),
+        "images_per_s": round(n / elapsed, 1),
+        "images": n,
+        "cpu_ms_per_image": round(1000 * cpu / total, 3),
+    }
 
 
 def run_one(name: str, shards: str, tars: str, tok: str, workers: int, batch: int) -> dict[str, Any]:

@@ -58,9 +58,7 @@ class _PilShards(StreamingDataset):
 def pil_loader(shards: str, tokenizer: str, workers: int, batch: int) -> DataLoader:
     """PIL + torchvision over the same MDS shards, same workers."""
     streams = [Stream(local=d) for d in find_mds_dirs(shards)]
-    dataset = _PilShards(
-        CaptionTokenizer(tokenizer), streams=streams, shuffle=True, batch_size=batch, shuffle_seed=17
-    )
+    dataset = _PilShards(CaptionTokenizer(tokenizer), streams=streams, shuffle=True, batch_size=batch, shuffle_seed=17)
     return DataLoader(dataset, batch_size=batch, num_workers=workers, prefetch_factor=2 if workers else None)
 
 
@@ -117,9 +115,7 @@ def decode_ceiling(shards: str, threads: int, batch: int) -> dict[str, Any]:
 
     @pipeline_def(batch_size=batch, num_threads=threads, device_id=None, prefetch_queue_depth=1)
     def decode_only():
-        return fn.decoders.image(
-            fn.external_source(name="encoded", no_copy=True), device="cpu", output_type=types.RGB
-        )
+        return fn.decoders.image(fn.external_source(name="encoded", no_copy=True), device="cpu", output_type=types.RGB)
 
     pipe = decode_only()
     pipe.build()

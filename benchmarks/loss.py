@@ -119,9 +119,13 @@ def main(argv: list[str] | None = None) -> dict:
         dim = 64 if args.quick else min(d, 128)
         for b in sizes:
             fused, ref = saved_bytes("triton", b, dim), saved_bytes("torch", b, dim)
-            report.add(f"B={b},d={dim}", saved_kib_fused=round(fused / 1024, 2),
-                       saved_kib_reference=round(ref / 1024, 2), max_rel_error_fp32=max_error(min(b, 128), dim, "cpu"),
-                       note="CPU: Triton interpreter; correctness and saved-for-backward bytes only, no timings")
+            report.add(
+                f"B={b},d={dim}",
+                saved_kib_fused=round(fused / 1024, 2),
+                saved_kib_reference=round(ref / 1024, 2),
+                max_rel_error_fp32=max_error(min(b, 128), dim, "cpu"),
+                note="CPU: Triton interpreter; correctness and saved-for-backward bytes only, no timings",
+            )
             report.ratio(f"memory/reference@{b}", fused, ref)
         report.ratios["memory/reference"] = report.ratios[f"memory/reference@{sizes[-1]}"]
     return report.finish(args.json)

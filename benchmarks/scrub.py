@@ -62,8 +62,13 @@ def evaluate_real(sentences: list[str]) -> dict:
             if phi_corpus.removed_chars(spans, m.start(), m.end()):
                 removed[m.group()] += 1
     kept = sum(bool(reports.clean_text(s, mode="findings")) for s in sentences)
-    return {"sentences": len(sentences), "words": total, "words_removed": round(sum(removed.values()) / total, 5),
-            "findings_sentences_kept": round(kept / len(sentences), 4), "most_removed": removed.most_common(15)}
+    return {
+        "sentences": len(sentences),
+        "words": total,
+        "words_removed": round(sum(removed.values()) / total, 5),
+        "findings_sentences_kept": round(kept / len(sentences), 4),
+        "most_removed": removed.most_common(15),
+    }
 
 
 def _table(figs: dict) -> str:
@@ -75,9 +80,13 @@ def _table(figs: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=300,
-                        help="first seed of the planted corpora (5 of them; --quick 1 at 40%%); seeds 0, 1 and 7 were "
-                             "read while writing the scrubber, 100-104 and 200-204 before its last changes")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=300,
+        help="first seed of the planted corpora (5 of them; --quick 1 at 40%%); seeds 0, 1 and 7 were "
+        "read while writing the scrubber, 100-104 and 200-204 before its last changes",
+    )
     args = parser.parse_args(argv)
     report = Report("scrub", args.quick)
 
@@ -95,9 +104,14 @@ def main(argv: list[str] | None = None) -> dict:
         sec = time_call(lambda m=mode: [reports.clean_text(t, mode=m) for t in texts], repeats=3)
         report.add(f"cost:{mode}", us_per_sentence=round(sec / len(texts) * 1e6, 1))
     real = evaluate_real(openi_sentences()[: 3000 if args.quick else None])
-    report.add("planted", sentences=len(phi), clinical_sentences=len(clinical), clinical_words=figs["clinical_words"],
-               clinical_words_lost=figs["clinical_words_lost"],
-               findings_clinical_sentences_kept=figs["findings_clinical_sentences_kept"])
+    report.add(
+        "planted",
+        sentences=len(phi),
+        clinical_sentences=len(clinical),
+        clinical_words=figs["clinical_words"],
+        clinical_words_lost=figs["clinical_words_lost"],
+        findings_clinical_sentences_kept=figs["findings_clinical_sentences_kept"],
+    )
     report.add("openi", **{k: v for k, v in real.items() if k != "most_removed"})
     report.results["recall"] = figs["recall"]
     report.results["findings_recall"] = figs["findings_recall"]

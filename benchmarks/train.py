@@ -55,9 +55,14 @@ def _synthetic_loader(cfg, vocab: int, batches: int = 8):
     device = "cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu"
     b, s, n = cfg.data.batch_size, cfg.data.image_size, cfg.data.context_length
     # uint8 pixels, as both loaders hand them over (the model normalizes them on the device)
-    data = [{"image": torch.randint(0, 256, (b, 3, s, s), dtype=torch.uint8, device=device),
-             "tokens": torch.randint(5, vocab, (b, n)),
-             "valid": torch.ones(b, dtype=torch.bool)} for _ in range(batches)]
+    data = [
+        {
+            "image": torch.randint(0, 256, (b, 3, s, s), dtype=torch.uint8, device=device),
+            "tokens": torch.randint(5, vocab, (b, n)),
+            "valid": torch.ones(b, dtype=torch.bool),
+        }
+        for _ in range(batches)
+    ]
 
     class Batches(torch.utils.data.IterableDataset):
         def __iter__(self):
@@ -130,8 +135,9 @@ def _report_captions(n: int) -> list[str]:
         for member in tar:
             if not member.name.endswith(".xml"):
                 continue
-            sections = {a.get("Label"): (a.text or "") for a in ET.parse(tar.extractfile(member)).getroot()
-                        .iter("AbstractText")}
+            sections = {
+                a.get("Label"): (a.text or "") for a in ET.parse(tar.extractfile(member)).getroot().iter("AbstractText")
+            }
             text = " ".join(f"{k}: {v}" for k, v in sections.items() if k in ("FINDINGS", "IMPRESSION") and v)
             captions += report_captions(text) if text else []
             if len(captions) >= n:
@@ -145,13 +151,15 @@ def _caption_tokenizer(root: str, captions: list[str]) -> str:
     from transformers import BertTokenizerFast
 
     wordpiece = BertWordPieceTokenizer(lowercase=True)
-    wordpiece.train_from_iterator(captions, vocab_size=8192, min_frequency=1,
-                                  special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    wordpiece.train_from_iterator(
+        captions, vocab_size=8192, min_frequency=1, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    )
     out = os.path.join(root, "report-tok")
     os.makedirs(out, exist_ok=True)
     wordpiece.save_model(out)
-    BertTokenizerFast(vocab_file=os.path.join(out, "vocab.txt"), do_lower_case=True,
-                      model_max_length=256).save_pretrained(out)
+    BertTokenizerFast(
+        vocab_file=os.path.join(out, "vocab.txt"), do_lower_case=True, model_max_length=256
+    ).save_pretrained(out)
     return out
 
 
@@ -167,8 +175,13 @@ def _caption_batches(tok, captions: list[str], batch: int, count: int, size: int
         picks = rng.choice(len(captions), size=batch, replace=False)
         tokens = torch.from_numpy(np.stack([tok(captions[i]) for i in picks]))
         gen = torch.Generator().manual_seed(int(picks[0]))
-        out.append({"image": torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=gen),
-                    "tokens": tokens, "valid": torch.ones(batch, dtype=torch.bool)})
+        out.append(
+            {
+                "image": torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=gen),
+                "tokens": tokens,
+                "valid": torch.ones(batch, dtype=torch.bool),
+            }
+        )
     return out
 
 
@@ -181,8 +194,10 @@ def _batches_loader(batches):
             while True:
                 yield from batches
 
-    return DataSpec(torch.utils.data.DataLoader(Cycle(), batch_size=None),
-                    get_num_samples_in_batch=lambda b: int(b["image"].shape[0]))
+    return DataSpec(
+        torch.utils.data.DataLoader(Cycle(), batch_size=None),
+        get_num_samples_in_batch=lambda b: int(b["image"].shape[0]),
+    )
 
 
 def _step_times(cfg, batches, steps: int, warmup: int, pad: int) -> dict[str, float]:
@@ -209,7 +224,7 @@ def _step_times(cfg, batches, steps: int, warmup: int, pad: int) -> dict[str, fl
     model = trainer.state.model
     used = batches[: warmup + steps]
     figs = {
-        "step_s": round(statistics.median(b - a for a, b in zip(stamps.times[warmup - 1:], stamps.times[warmup:])), 4),
+        "step_s": round(statistics.median(b - a for a, b in zip(stamps.times[warmup - 1 :], stamps.times[warmup:])), 4),
         "text_positions_per_batch": round(sum(b["tokens"].numel() for b in used) / len(used), 1),
         "caption_tokens_per_batch": round(sum(int((b["tokens"] != pad).sum()) for b in used) / len(used), 1),
         "gflops_per_batch": round(sum(model.flops_per_batch(b) for b in used) / len(used) / 1e9, 2),
@@ -229,19 +244,45 @@ def _padding(report, tmp: str, quick: bool) -> None:
     tok_dir = _caption_tokenizer(tmp, captions)
     tok = CaptionTokenizer(tok_dir, 256)
     lengths = np.array([int((tok(c) != tok.pad_id).sum()) for c in captions])
-    report.add("padding/captions", n=len(captions), median_tokens=float(np.median(lengths)),
-               p90_tokens=float(np.percentile(lengths, 90)), max_tokens=int(lengths.max()),
-               share_under_40=round(float((lengths < 40).mean()), 3))
+    report.add(
+        "padding/captions",
+        n=len(captions),
+        median_tokens=float(np.median(lengths)),
+        p90_tokens=float(np.percentile(lengths, 90)),
+        max_tokens=int(lengths.max()),
+        share_under_40=round(float((lengths < 40).mean()), 3),
+    )
     for batch in (32, 128, 256):  # the padded width the paper's per-GPU batches would get
-        widths = [b["tokens"].shape[1] for b in (
-            {"tokens": trim_padding(x["tokens"], tok.pad_id)} for x in _caption_batches(tok, captions, batch, 50, 1))]
+        widths = [
+            b["tokens"].shape[1]
+            for b in (
+                {"tokens": trim_padding(x["tokens"], tok.pad_id)} for x in _caption_batches(tok, captions, batch, 50, 1)
+            )
+        ]
         report.add(f"padding/width_at_batch_{batch}", mean=round(float(np.mean(widths)), 1), max=int(max(widths)))
-    ctx = ["data.context_length=256", "model.text.context_length=256", f"data.tokenizer={tok_dir}",
-           "data.shards=[unused]", "device=cpu", "autoresume=false", "save_folder=null",
-           "console_log_interval=100000ba", "scheduler.warmup=10ba"]
-    setups = [("demo-cpu", "train/yamls/demo-cpu.yaml", [], 32, 8 if quick else 30, 3, 2),
-              ("vitb16-bert-base-cpu", "train/yamls/vitb16-unimed.yaml",
-               ["global_batch_size=4", "precision=fp32", "data.image_size=224"], 4, 2 if quick else 3, 1, 1 if quick else 3)]
+    ctx = [
+        "data.context_length=256",
+        "model.text.context_length=256",
+        f"data.tokenizer={tok_dir}",
+        "data.shards=[unused]",
+        "device=cpu",
+        "autoresume=false",
+        "save_folder=null",
+        "console_log_interval=100000ba",
+        "scheduler.warmup=10ba",
+    ]
+    setups = [
+        ("demo-cpu", "train/yamls/demo-cpu.yaml", [], 32, 8 if quick else 30, 3, 2),
+        (
+            "vitb16-bert-base-cpu",
+            "train/yamls/vitb16-unimed.yaml",
+            ["global_batch_size=4", "precision=fp32", "data.image_size=224"],
+            4,
+            2 if quick else 3,
+            1,
+            1 if quick else 3,
+        ),
+    ]
     for name, yaml_path, extra, batch, steps, warmup, repeats in setups:
         cfg = load_config(yaml_path, ctx + extra)
         fixed = _caption_batches(tok, captions, batch, steps + warmup, cfg.data.image_size, seed=1)
@@ -257,8 +298,11 @@ def _padding(report, tmp: str, quick: bool) -> None:
         for kind, figs in best.items():
             report.add(f"padding/{name}/{kind}", batch_size=batch, steps=steps, step_s_repeats=every[kind], **figs)
         report.ratio(f"padding/{name}/step_time dynamic/fixed", best["dynamic"]["step_s"], best["fixed256"]["step_s"])
-        report.ratio(f"padding/{name}/flops dynamic/fixed", best["dynamic"]["gflops_per_batch"],
-                     best["fixed256"]["gflops_per_batch"])
+        report.ratio(
+            f"padding/{name}/flops dynamic/fixed",
+            best["dynamic"]["gflops_per_batch"],
+            best["fixed256"]["gflops_per_batch"],
+        )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -286,15 +330,33 @@ def _loader_section(report, tmp: str, args) -> None:
     peak = _peak_flops(args.peak_tflops)
     gpu = torch.cuda.is_available()
     shards, tok = _data(tmp, 256 if args.quick else 1024, 256 if args.quick else 512)
-    setups = [("demo-cpu", "train/yamls/demo-cpu.yaml", ["device=cpu", "data.device=cpu", "data.num_workers=1"],
-               30 if args.quick else 100)]
+    setups = [
+        (
+            "demo-cpu",
+            "train/yamls/demo-cpu.yaml",
+            ["device=cpu", "data.device=cpu", "data.num_workers=1"],
+            30 if args.quick else 100,
+        )
+    ]
     if gpu:
-        setups.append(("vitb16-bert-base", "train/yamls/vitb16-unimed.yaml",
-                       ["global_batch_size=null", "data.batch_size=128", "data.num_workers=8", "data.epoch_size=null"],
-                       20 if args.quick else 60))
+        setups.append(
+            (
+                "vitb16-bert-base",
+                "train/yamls/vitb16-unimed.yaml",
+                ["global_batch_size=null", "data.batch_size=128", "data.num_workers=8", "data.epoch_size=null"],
+                20 if args.quick else 60,
+            )
+        )
     for name, yaml_path, extra, steps in setups:
-        base = [f"data.shards=[{','.join(shards)}]", f"data.tokenizer={tok}", "autoresume=false", "save_folder=null",
-                "console_log_interval=1000ba", "scheduler.warmup=10ba", *extra]
+        base = [
+            f"data.shards=[{','.join(shards)}]",
+            f"data.tokenizer={tok}",
+            "autoresume=false",
+            "save_folder=null",
+            "console_log_interval=1000ba",
+            "scheduler.warmup=10ba",
+            *extra,
+        ]
         cfg = load_config(yaml_path, base)
         vocab = CaptionTokenizer(tok, cfg.data.context_length).vocab_size
         for kind in ("synthetic", "real"):  # synthetic first: nothing of the loader lingers
@@ -304,11 +366,15 @@ def _loader_section(report, tmp: str, args) -> None:
             figs["mfu"] = round(figs["flops_per_second"] / peak, 4) if peak else None
             figs["batch_size"] = cfg.data.batch_size
             report.add(f"{name}/{kind}", **figs)
-        report.ratio(f"{name}/real/synthetic", report.results[f"{name}/real"]["images_per_second"],
-                     report.results[f"{name}/synthetic"]["images_per_second"])
+        report.ratio(
+            f"{name}/real/synthetic",
+            report.results[f"{name}/real"]["images_per_second"],
+            report.results[f"{name}/synthetic"]["images_per_second"],
+        )
     # The headline: the paper's configuration where a GPU ran it, else the demo configuration.
-    report.ratios["real/synthetic"] = report.ratios.get("vitb16-bert-base/real/synthetic",
-                                                        report.ratios["demo-cpu/real/synthetic"])
+    report.ratios["real/synthetic"] = report.ratios.get(
+        "vitb16-bert-base/real/synthetic", report.ratios["demo-cpu/real/synthetic"]
+    )
     if not gpu:
         report.add("note", text="no GPU here: the ViT-B/16 + BERT-base loader configuration was not run")
 

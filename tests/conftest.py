@@ -95,8 +95,9 @@ def demo_sets(tmp_path_factory) -> dict[str, str]:
     """Training shards (+ tokenizer) and the held-out modality set, from real sample images."""
     from unimed.train.demodata import build_demo_sets
 
-    return build_demo_sets(tmp_path_factory.mktemp("demo"), train_per_modality=16, eval_per_modality=6,
-                           size=64, workers=1)
+    return build_demo_sets(
+        tmp_path_factory.mktemp("demo"), train_per_modality=16, eval_per_modality=6, size=64, workers=1
+    )
 
 
 @pytest.fixture(scope="session")
@@ -145,6 +146,7 @@ def ingest_convert():
 def class_folder_set(ingest_convert):
     """``class_folder_set(root, layout, name, modality="pathology")``: copy ``layout`` (folder name -> images)
     under ``root/raw-<name>``, convert it with ``--class-folders`` to ``root/<name>``; return that folder."""
+
     def build(root, layout: dict, name: str, modality: str = "pathology") -> str:
         raw = root / f"raw-{name}"
         for folder, images in layout.items():
@@ -168,10 +170,19 @@ def _pretrained(folder, tokenizer_dir: str, cfg) -> tuple[str, str]:
     tok = tokenizer_for(cfg)
     text = folder / "bert"
     torch.manual_seed(2)  # the same towers whichever tests ran before (the global RNG's state varies)
-    bert = BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=cfg.model.text.hidden_size,
-                                num_hidden_layers=cfg.model.text.layers, num_attention_heads=cfg.model.text.heads,
-                                intermediate_size=cfg.model.text.intermediate_size, max_position_embeddings=64,
-                                layer_norm_eps=1e-6, pad_token_id=tok.pad_id), add_pooling_layer=False)
+    bert = BertModel(
+        BertConfig(
+            vocab_size=tok.vocab_size,
+            hidden_size=cfg.model.text.hidden_size,
+            num_hidden_layers=cfg.model.text.layers,
+            num_attention_heads=cfg.model.text.heads,
+            intermediate_size=cfg.model.text.intermediate_size,
+            max_position_embeddings=64,
+            layer_norm_eps=1e-6,
+            pad_token_id=tok.pad_id,
+        ),
+        add_pooling_layer=False,
+    )
     bert.save_pretrained(text)
     for f in Path(tokenizer_dir).iterdir():
         if f.name != "unimed_tokenizer.json":
@@ -206,11 +217,22 @@ def trained_checkpoint(tmp_path_factory, demo_sets, tiny_config) -> dict:
     shutil.copytree(demo_sets["tokenizer"], tok_copy)
     base = {**demo_sets, "tokenizer": str(tok_copy)}
     text, vision = _pretrained(root / "pretrained", str(tok_copy), tiny_config(base))
-    cfg = tiny_config(base, **{
-        "max_duration": f"{steps}ba", "save_folder": str(root / "run"), "save_interval": f"{steps}ba",
-        "autoresume": "false", "model.text.dropout": 0.0, "optimizer.lr": 1e-3, "data.tokenizer": "null",
-        "data.batch_size": 16, "optimizer.weight_decay": 0.0,
-        "model.text.pretrained": text, "model.vision.pretrained": vision})
+    cfg = tiny_config(
+        base,
+        **{
+            "max_duration": f"{steps}ba",
+            "save_folder": str(root / "run"),
+            "save_interval": f"{steps}ba",
+            "autoresume": "false",
+            "model.text.dropout": 0.0,
+            "optimizer.lr": 1e-3,
+            "data.tokenizer": "null",
+            "data.batch_size": 16,
+            "optimizer.weight_decay": 0.0,
+            "model.text.pretrained": text,
+            "model.vision.pretrained": vision,
+        },
+    )
     train(cfg, extra_callbacks=[UnimedBundle(cfg, tokenizer_for(cfg))])
     lone = root / "lone"
     lone.mkdir()
@@ -218,5 +240,10 @@ def trained_checkpoint(tmp_path_factory, demo_sets, tiny_config) -> dict:
     shutil.copy(src, lone / "model.pt")
     for gone in (tok_copy, root / "pretrained", root / "run" / "config.yaml"):
         shutil.rmtree(gone) if gone.is_dir() else gone.unlink()
-    return {"ckpt": str(lone / "model.pt"), "run_ckpt": str(src), "root": root, "gone": [str(tok_copy), text, vision],
-            "steps": steps}
+    return {
+        "ckpt": str(lone / "model.pt"),
+        "run_ckpt": str(src),
+        "root": root,
+        "gone": [str(tok_copy), text, vision],
+        "steps": steps,
+    }

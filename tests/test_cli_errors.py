@@ -11,11 +11,14 @@ from unimed import cli as unimed_cli
 from unimed.ingest import cli as ingest_cli
 
 
-@pytest.mark.parametrize("main, argv, needle", [
-    (unimed_cli.main, ["eval", "zeroshot", "--data", "x"], "required: --checkpoint"),
-    (unimed_cli.main, ["export", "ckpt.pt", "--format", "onnx", "--out", "x"], "--format: invalid choice: 'onnx'"),
-    (ingest_cli.main, ["split", "x", "--by", "visit"], "--by: invalid choice: 'visit'"),
-])
+@pytest.mark.parametrize(
+    "main, argv, needle",
+    [
+        (unimed_cli.main, ["eval", "zeroshot", "--data", "x"], "required: --checkpoint"),
+        (unimed_cli.main, ["export", "ckpt.pt", "--format", "onnx", "--out", "x"], "--format: invalid choice: 'onnx'"),
+        (ingest_cli.main, ["split", "x", "--by", "visit"], "--by: invalid choice: 'visit'"),
+    ],
+)
 def test_a_bad_argument_is_one_line(capsys, main, argv, needle):
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -27,9 +30,16 @@ def test_output_into_a_pipe_that_closes_early(tmp_path):
     """`ingest captions ... | head -1`: the rest of the output goes nowhere, quietly."""
     table = tmp_path / "labels.csv"
     table.write_text("path,labels,modality\n" + "".join(f"{i}.png,c{i}|Effusion,xray\n" for i in range(3000)))
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from unimed.ingest import cli; "
-                             f"sys.exit(cli.main(['captions', '--labels', {str(table)!r}, '--examples', '3000']))"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from unimed.ingest import cli; "
+            f"sys.exit(cli.main(['captions', '--labels', {str(table)!r}, '--examples', '3000']))",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stdout.readline().startswith(b"3000 rows")
     proc.stdout.close()
     err = proc.stderr.read().decode()

@@ -19,16 +19,22 @@ def _real_images() -> list[Path]:
     import skimage
 
     d = Path(skimage.__file__).parent / "data"
-    return [p for p in sorted(d.iterdir()) if p.suffix in (".png", ".jpg") and "chessboard" not in p.name
-            and p.name != "motorcycle_right.png"]  # the right view of the stereo pair is a near-copy of the left
+    return [
+        p
+        for p in sorted(d.iterdir())
+        if p.suffix in (".png", ".jpg") and "chessboard" not in p.name and p.name != "motorcycle_right.png"
+    ]  # the right view of the stereo pair is a near-copy of the left
 
 
 def _variants(im: Image.Image) -> dict[str, Image.Image]:
     w, h = im.size
     q = io.BytesIO()
     im.save(q, "JPEG", quality=55)
-    return {"reencoded": Image.open(io.BytesIO(q.getvalue())), "resized": im.resize((w * 3 // 4, h * 3 // 4)),
-            "shifted": Image.fromarray(np.roll(np.asarray(im), 1, axis=1))}
+    return {
+        "reencoded": Image.open(io.BytesIO(q.getvalue())),
+        "resized": im.resize((w * 3 // 4, h * 3 // 4)),
+        "shifted": Image.fromarray(np.roll(np.asarray(im), 1, axis=1)),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +63,16 @@ def _planted(tmp_path_factory):
     for p in held_out:
         Image.open(p).convert("RGB").save(root / "eval_in" / f"{p.stem}.png")
     for name in ("train", "eval"):
-        convert(ConvertConfig(inputs=[str(root / f"{name}_in")], out=str(root / name), modality="other",
-                              progress=False), echo=lambda s: None)
+        convert(
+            ConvertConfig(inputs=[str(root / f"{name}_in")], out=str(root / name), modality="other", progress=False),
+            echo=lambda s: None,
+        )
     return root, planted, len(train_imgs) + 1
 
 
 def test_planted_copies_are_found_and_distinct_images_are_not(planted):
     root, n_planted, n_train = planted
-    report = leakage(str(root / "train"), [str(root / "eval")], sheet=str(root / "pairs.png"),
-                     drop=str(root / "clean"))
+    report = leakage(str(root / "train"), [str(root / "eval")], sheet=str(root / "pairs.png"), drop=str(root / "clean"))
     ev = report["sets"]["eval"]
     assert ev["samples"] == n_planted + 5
     assert ev["eval_samples_in_train"] == n_planted  # every planted copy, no held-out image
@@ -101,8 +108,12 @@ def test_distances_match_a_brute_force_count():
     a = Prints("a", exact=[f"a{i}" for i in range(300)], phash=rng.integers(0, 2**63, 300, dtype=np.uint64))
     b = Prints("b", exact=[f"b{i}" for i in range(200)], phash=a.phash[:200] ^ np.uint64(0b1011))  # 3 bits off
     got = {(p.i, p.j, p.distance) for p in find_pairs(a, b, max_distance=3)}
-    want = {(i, j, bin(int(a.phash[i]) ^ int(b.phash[j])).count("1")) for i in range(300) for j in range(200)
-            if bin(int(a.phash[i]) ^ int(b.phash[j])).count("1") <= 3}
+    want = {
+        (i, j, bin(int(a.phash[i]) ^ int(b.phash[j])).count("1"))
+        for i in range(300)
+        for j in range(200)
+        if bin(int(a.phash[i]) ^ int(b.phash[j])).count("1") <= 3
+    }
     assert got == want and len(want) >= 200
 
 

@@ -47,11 +47,17 @@ def demo(tmp_path_factory) -> dict[str, str]:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("UNIMED_UID_KEY", UID_KEY)
-        sets = build_demo_sets(tmp_path_factory.mktemp("demo"), train_per_modality=16, eval_per_modality=6,
-                               size=64, workers=1)
+        sets = build_demo_sets(
+            tmp_path_factory.mktemp("demo"), train_per_modality=16, eval_per_modality=6, size=64, workers=1
+        )
     root = Path(sets["train"]).parent
-    return {**sets, "crops": str(root / "crops" / "train"), "labels": str(root / "crops" / "train.csv"),
-            "eval_crops": str(root / "crops" / "eval"), "eval_labels": str(root / "crops" / "eval.csv")}
+    return {
+        **sets,
+        "crops": str(root / "crops" / "train"),
+        "labels": str(root / "crops" / "train.csv"),
+        "eval_crops": str(root / "crops" / "eval"),
+        "eval_labels": str(root / "crops" / "eval.csv"),
+    }
 
 
 class S3:
@@ -72,7 +78,7 @@ class S3:
         out = {}
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix + "/"):
             for obj in page.get("Contents", []):
-                out[obj["Key"][len(prefix) + 1:]] = obj["Size"]
+                out[obj["Key"][len(prefix) + 1 :]] = obj["Size"]
         return out
 
     def get(self, prefix: str, rel: str) -> bytes:
@@ -97,8 +103,20 @@ def s3(moto_endpoint, monkeypatch, tmp_path) -> S3:
 
 def _convert_args(demo: dict, out: str, *extra: str) -> list[str]:
     # --chunk-mb 0.001: one chunk per input, so a run has ~100 chunks to be killed between.
-    return ["convert", demo["crops"], "--out", out, "--labels", demo["labels"], "--source", "demo-train",
-            "--chunk-mb", "0.001", "--no-progress", *extra]
+    return [
+        "convert",
+        demo["crops"],
+        "--out",
+        out,
+        "--labels",
+        demo["labels"],
+        "--source",
+        "demo-train",
+        "--chunk-mb",
+        "0.001",
+        "--no-progress",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -114,8 +132,11 @@ def local_reference(demo, tmp_path_factory) -> Path:
 
 
 def _local_files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*")
-            if p.is_file() and not str(p.relative_to(folder)).startswith(".unimed")}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in folder.rglob("*")
+        if p.is_file() and not str(p.relative_to(folder)).startswith(".unimed")
+    }
 
 
 def _summary(data: bytes) -> dict:
@@ -154,8 +175,9 @@ def _index_is_sound(s3: S3, prefix: str) -> bool:
 
 def _start(args: list[str]) -> subprocess.Popen:
     code = "import sys; from unimed.ingest.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _kill_after_first_chunk(s3: S3, prefix: str, args: list[str]) -> dict[str, int]:
@@ -286,15 +308,42 @@ def test_train_from_an_s3_mix_then_eval_zeroshot_on_s3(demo, s3, tmp_path, capsy
     from unimed.train.trainer import train
 
     assert cli.main(_convert_args(demo, s3.url("train"))) == 0
-    assert cli.main(["convert", demo["eval_crops"], "--out", s3.url("eval/demo-modality"), "--class-folders",
-                     "--labels", demo["eval_labels"], "--source", "demo-eval", "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "convert",
+                demo["eval_crops"],
+                "--out",
+                s3.url("eval/demo-modality"),
+                "--class-folders",
+                "--labels",
+                demo["eval_labels"],
+                "--source",
+                "demo-eval",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     mix = tmp_path / "mix.yaml"
     cache = tmp_path / "stream-cache"
     mix.write_text(yaml.safe_dump({"cache_dir": str(cache), "streams": [{"path": s3.url("train"), "proportion": 1.0}]}))
     run = tmp_path / "run"
-    cfg = load_config(config_path("demo-cpu"), tiny_overrides(demo, **{
-        "data.shards": "[]", "data.mix": str(mix), "max_duration": "3ba", "save_folder": str(run),
-        "save_interval": "3ba", "autoresume": "false", "loss_log": str(tmp_path / "loss.jsonl")}))
+    cfg = load_config(
+        config_path("demo-cpu"),
+        tiny_overrides(
+            demo,
+            **{
+                "data.shards": "[]",
+                "data.mix": str(mix),
+                "max_duration": "3ba",
+                "save_folder": str(run),
+                "save_interval": "3ba",
+                "autoresume": "false",
+                "loss_log": str(tmp_path / "loss.jsonl"),
+            },
+        ),
+    )
     train(cfg)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "loss.jsonl").read_text().splitlines()]
     assert len(losses) == 3 and all(v == v and v > 0 for v in losses)
@@ -305,7 +354,9 @@ def test_train_from_an_s3_mix_then_eval_zeroshot_on_s3(demo, s3, tmp_path, capsy
     ckpt = next(run.glob("ep*-ba3-rank0.pt"))
     capsys.readouterr()
     out = tmp_path / "eval-out"
-    assert unimed_main(["eval", "zeroshot", "--checkpoint", str(ckpt), "--data", s3.url("eval"), "--out", str(out)]) == 0
+    assert (
+        unimed_main(["eval", "zeroshot", "--checkpoint", str(ckpt), "--data", s3.url("eval"), "--out", str(out)]) == 0
+    )
     results = json.loads((out / "zeroshot.json").read_text())
     assert list(results) == ["demo-modality"] and results["demo-modality"]["n"] == 36
 
@@ -330,12 +381,31 @@ def test_training_from_s3_killed_and_resumed_equals_an_uninterrupted_run(demo, s
 
     def cfg_for(name: str, cache: str | None = None):
         mix = tmp_path / f"{name}-mix.yaml"
-        mix.write_text(yaml.safe_dump({"cache_dir": str(tmp_path / f"{cache or name}-cache"),
-                                       "streams": [{"path": s3.url("train-resume"), "proportion": 1.0}]}))
-        return load_config(config_path("demo-cpu"), tiny_overrides(demo, **{
-            "data.shards": "[]", "data.mix": str(mix), "max_duration": "6ba", "data.train": "true",
-            "data.shuffle": "true", "model.text.dropout": 0.0, "save_folder": str(tmp_path / f"{name}-ckpt"),
-            "save_interval": "3ba", "loss_log": str(tmp_path / f"{name}.jsonl")}))
+        mix.write_text(
+            yaml.safe_dump(
+                {
+                    "cache_dir": str(tmp_path / f"{cache or name}-cache"),
+                    "streams": [{"path": s3.url("train-resume"), "proportion": 1.0}],
+                }
+            )
+        )
+        return load_config(
+            config_path("demo-cpu"),
+            tiny_overrides(
+                demo,
+                **{
+                    "data.shards": "[]",
+                    "data.mix": str(mix),
+                    "max_duration": "6ba",
+                    "data.train": "true",
+                    "data.shuffle": "true",
+                    "model.text.dropout": 0.0,
+                    "save_folder": str(tmp_path / f"{name}-ckpt"),
+                    "save_interval": "3ba",
+                    "loss_log": str(tmp_path / f"{name}.jsonl"),
+                },
+            ),
+        )
 
     def losses(name: str) -> dict[int, float]:
         rows = [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
@@ -374,8 +444,12 @@ def test_unreachable_endpoint_and_missing_bucket_are_one_line(demo, s3, monkeypa
         (cli.main, ["verify", missing], missing, "does not exist"),
         (cli.main, ["verify", s3.url("nothing-here")], s3.url("nothing-here"), "no objects"),
         (unimed_main, ["eval", "zeroshot", "--checkpoint", "x.pt", "--data", missing], missing, "does not exist"),
-        (unimed_main, ["train", "demo-cpu", *tiny_overrides(demo, **{"data.shards": "[]", "data.mix": str(mix)}),
-                       "--dry-run"], s3.url("nothing-here"), "no index.json"),
+        (
+            unimed_main,
+            ["train", "demo-cpu", *tiny_overrides(demo, **{"data.shards": "[]", "data.mix": str(mix)}), "--dry-run"],
+            s3.url("nothing-here"),
+            "no index.json",
+        ),
     ]
     for main, argv, url, reason in cases:
         assert main(argv) == 2, argv
@@ -384,8 +458,11 @@ def test_unreachable_endpoint_and_missing_bucket_are_one_line(demo, s3, monkeypa
         assert "Traceback" not in err
 
     monkeypatch.setenv("S3_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
-    for main, argv in ((cli.main, _convert_args(demo, s3.url("x"))), (cli.main, ["verify", s3.url("x")]),
-                       (unimed_main, ["eval", "zeroshot", "--checkpoint", "x.pt", "--data", s3.url("x")])):
+    for main, argv in (
+        (cli.main, _convert_args(demo, s3.url("x"))),
+        (cli.main, ["verify", s3.url("x")]),
+        (unimed_main, ["eval", "zeroshot", "--checkpoint", "x.pt", "--data", s3.url("x")]),
+    ):
         start = time.monotonic()
         assert main(argv) == 2
         err = capsys.readouterr().err

@@ -49,7 +49,9 @@ COMMANDS = _command_lines()
 
 
 def test_the_readme_shows_commands():
-    assert sum(c.startswith("ingest convert") for c in COMMANDS) >= 8 and any(c.startswith("unimed eval") for c in COMMANDS)
+    assert sum(c.startswith("ingest convert") for c in COMMANDS) >= 8 and any(
+        c.startswith("unimed eval") for c in COMMANDS
+    )
 
 
 @pytest.mark.parametrize("line", [c for c in COMMANDS if _argv(c) is not None])
@@ -62,7 +64,7 @@ def test_every_readme_command_parses(line):
 def test_the_convert_synopsis_names_only_real_flags():
     text = README.read_text()
     start = text.index("ingest convert INPUT...")
-    synopsis = text[start:text.index("\ningest captions", start)]
+    synopsis = text[start : text.index("\ningest captions", start)]
     convert = ingest_cli.build_parser()._subparsers._group_actions[0].choices["convert"]
     known = {opt for action in convert._actions for opt in action.option_strings}
     named = set(re.findall(r"--[a-z][a-z-]*", synopsis))

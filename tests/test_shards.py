@@ -18,17 +18,19 @@ def _samples(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        out.append({
-            "image": rng.randbytes(rng.choice([0, 1, 37, 900, 5000])),
-            "captions": [f"caption {i} é ✓", "x" * rng.randint(1, 40)],
-            "modality": rng.choice(["ct", "xray", "mri"]),
-            "labels": [] if i % 3 else ["nodule", "effusion"],
-            "source": "local",
-            "uid": f"{rng.getrandbits(128):032x}",
-            "patient": "" if i % 4 == 0 else f"{rng.getrandbits(128):032x}",
-            "study": f"{rng.getrandbits(128):032x}",
-            "meta": {"codec": "jpeg", "window": [40.0, 400.0], "spacing": [0.7, 0.7], "n": i, "none": None},
-        })
+        out.append(
+            {
+                "image": rng.randbytes(rng.choice([0, 1, 37, 900, 5000])),
+                "captions": [f"caption {i} é ✓", "x" * rng.randint(1, 40)],
+                "modality": rng.choice(["ct", "xray", "mri"]),
+                "labels": [] if i % 3 else ["nodule", "effusion"],
+                "source": "local",
+                "uid": f"{rng.getrandbits(128):032x}",
+                "patient": "" if i % 4 == 0 else f"{rng.getrandbits(128):032x}",
+                "study": f"{rng.getrandbits(128):032x}",
+                "meta": {"codec": "jpeg", "window": [40.0, 400.0], "spacing": [0.7, 0.7], "n": i, "none": None},
+            }
+        )
     return out
 
 
@@ -36,18 +38,22 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-@pytest.mark.parametrize("compression,hashes,size_limit", [
-    ("zstd:3", ["xxh64"], "64mb"),
-    (None, ["xxh64"], 20_000),
-    ("zstd", ["sha1", "xxh64"], "8kb"),
-    ("zstd:1", [], 3000),  # some samples exceed the limit alone (streaming then flushes an empty shard)
-])
+@pytest.mark.parametrize(
+    "compression,hashes,size_limit",
+    [
+        ("zstd:3", ["xxh64"], "64mb"),
+        (None, ["xxh64"], 20_000),
+        ("zstd", ["sha1", "xxh64"], "8kb"),
+        ("zstd:1", [], 3000),  # some samples exceed the limit alone (streaming then flushes an empty shard)
+    ],
+)
 def test_byte_identical_to_mdswriter(tmp_path: Path, compression, hashes, size_limit) -> None:
     from streaming import MDSWriter
 
     samples = _samples(120)
-    with MDSWriter(out=str(tmp_path / "lib"), columns=COLUMNS, compression=compression, hashes=hashes,
-                   size_limit=size_limit) as w:
+    with MDSWriter(
+        out=str(tmp_path / "lib"), columns=COLUMNS, compression=compression, hashes=hashes, size_limit=size_limit
+    ) as w:
         for s in samples:
             w.write(s)
     with shards.ShardWriter(str(tmp_path / "ours"), COLUMNS, compression, hashes, size_limit) as w:

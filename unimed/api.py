@@ -20,8 +20,16 @@ from unimed.errors import UserError
 
 __all__ = ["load", "Model", "Classification"]
 
-_MODALITY_PROMPTS = {"xray": "xray", "x-ray": "xray", "ct": "ct", "mri": "mri", "ultrasound": "ultrasound",
-                     "us": "ultrasound", "pathology": "pathology", "fundus": "fundus"}
+_MODALITY_PROMPTS = {
+    "xray": "xray",
+    "x-ray": "xray",
+    "ct": "ct",
+    "mri": "mri",
+    "ultrasound": "ultrasound",
+    "us": "ultrasound",
+    "pathology": "pathology",
+    "fundus": "fundus",
+}
 
 
 @dataclass
@@ -56,9 +64,11 @@ class Model:
 
     def __repr__(self) -> str:
         m = self._loaded.descriptor["model"]
-        return (f"unimed.Model({self._loaded.kind}: ViT {m['vision']['width']}x{m['vision']['layers']} at "
-                f"{m['vision']['image_size']}px, BERT {m['text']['hidden_size']}x{m['text']['layers']}, "
-                f"embed {m['embed_dim']}, on {self.device})")
+        return (
+            f"unimed.Model({self._loaded.kind}: ViT {m['vision']['width']}x{m['vision']['layers']} at "
+            f"{m['vision']['image_size']}px, BERT {m['text']['hidden_size']}x{m['text']['layers']}, "
+            f"embed {m['embed_dim']}, on {self.device})"
+        )
 
     @torch.no_grad()
     def encode_image(self, images: Any, batch_size: int = 64) -> torch.Tensor:
@@ -66,7 +76,7 @@ class Model:
         from unimed.train.zeroshot import image_features
 
         if not isinstance(images, torch.Tensor) and isinstance(images, (list, tuple)):
-            batches = (self.preprocess.batch(images[i:i + batch_size]) for i in range(0, len(images), batch_size))
+            batches = (self.preprocess.batch(images[i : i + batch_size]) for i in range(0, len(images), batch_size))
         else:
             batches = (b for b in [self.preprocess.batch(images)])
         return image_features(self.model, batches)[0].cpu()
@@ -105,13 +115,27 @@ class Model:
         names = list(classes.classes) if hasattr(classes, "classes") else list(classes)
         return Classification(names, class_probabilities(feats, emb, scale).cpu())
 
-    def zeroshot(self, data: str, sets: list[str] | None = None, prompts: str | None = None, batch_size: int = 64,
-                 max_samples: int | None = None) -> dict[str, dict[str, Any]]:
+    def zeroshot(
+        self,
+        data: str,
+        sets: list[str] | None = None,
+        prompts: str | None = None,
+        batch_size: int = 64,
+        max_samples: int | None = None,
+    ) -> dict[str, dict[str, Any]]:
         """``unimed eval zeroshot`` on the MDS sets under ``data``: metrics per set."""
         from unimed.train.evaluate import discover_sets, evaluate_sets
 
-        return evaluate_sets(self.model, self.tokenizer, discover_sets(data, sets), self.preprocess.size, batch_size,
-                             max_samples, prompts, transform=self.preprocess)
+        return evaluate_sets(
+            self.model,
+            self.tokenizer,
+            discover_sets(data, sets),
+            self.preprocess.size,
+            batch_size,
+            max_samples,
+            prompts,
+            transform=self.preprocess,
+        )
 
     def retrieval(self, data: str, batch_size: int = 64, max_samples: int | None = None) -> dict[str, Any]:
         """``unimed eval retrieval`` on one MDS folder with captions."""
@@ -119,20 +143,34 @@ class Model:
 
         return evaluate_retrieval(self.model, self.tokenizer, data, self.preprocess, batch_size, max_samples)
 
-    def linear_probe(self, data: str, test: str | None = None, set_name: str | None = None, seed: int = 0,
-                     batch_size: int = 64, max_samples: int | None = None) -> dict[str, Any]:
+    def linear_probe(
+        self,
+        data: str,
+        test: str | None = None,
+        set_name: str | None = None,
+        seed: int = 0,
+        batch_size: int = 64,
+        max_samples: int | None = None,
+    ) -> dict[str, Any]:
         """``unimed eval linear-probe`` on a class-folder set (split by patient unless ``test`` is given)."""
         from unimed.train.evaluate import spec_for_folder
         from unimed.train.probe import linear_probe
 
         name = set_name or os.path.basename(os.path.normpath(data))
         spec = spec_for_folder(data, name)
-        return linear_probe(self.model, data, spec, self.preprocess, test, seed=seed, batch_size=batch_size,
-                            max_samples=max_samples)
+        return linear_probe(
+            self.model, data, spec, self.preprocess, test, seed=seed, batch_size=batch_size, max_samples=max_samples
+        )
 
 
-def load(path: str | os.PathLike, config: str | None = None, tokenizer: str | None = None,
-         quick_gelu: bool | None = None, device: str | torch.device | None = None, ema: bool = True) -> Model:
+def load(
+    path: str | os.PathLike,
+    config: str | None = None,
+    tokenizer: str | None = None,
+    quick_gelu: bool | None = None,
+    device: str | torch.device | None = None,
+    ema: bool = True,
+) -> Model:
     """Load a checkpoint or an exported/foreign model folder (see :mod:`unimed.train.loading`).
 
     ``config``: a training YAML for a checkpoint that carries none; ``tokenizer``: the text tower's

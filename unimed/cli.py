@@ -13,13 +13,20 @@ __all__ = ["main"]
 
 
 def _ema_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-ema", dest="ema", action="store_false",
-                   help="the training weights, not the moving average a run with ema.enabled also saved")
+    p.add_argument(
+        "--no-ema",
+        dest="ema",
+        action="store_false",
+        help="the training weights, not the moving average a run with ema.enabled also saved",
+    )
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True,
-                   help="Composer checkpoint (.pt or sharded folder), an exported folder, or another layout")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="Composer checkpoint (.pt or sharded folder), an exported folder, or another layout",
+    )
     p.add_argument("--config", help="training YAML, for a checkpoint without its bundled config")
     _ema_arg(p)
     p.add_argument("--tokenizer", help="the text tower's tokenizer folder, for a foreign checkpoint without one")
@@ -38,8 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("config", help="a shipped config's name or a training YAML")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. data.batch_size=64")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    t.add_argument("--dry-run", action="store_true",
-                   help="build model and loader, print sizes, FLOPs and the first batch's shapes, and exit")
+    t.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="build model and loader, print sizes, FLOPs and the first batch's shapes, and exit",
+    )
     e = sub.add_parser("eval", help="evaluate a trained model")
     esub = e.add_subparsers(dest="eval_cmd", required=True)
     z = esub.add_parser("zeroshot", help="zero-shot classification on MDS evaluation sets (tables per modality)")
@@ -64,18 +74,29 @@ def _parser() -> argparse.ArgumentParser:
     _ema_arg(x)
     i = sub.add_parser("import", help="read another project's checkpoint (open_clip, UniMed-CLIP, BiomedCLIP text)")
     i.add_argument("source", help="a checkpoint file or an open_clip model folder")
-    i.add_argument("--out", required=True, help="the unimed folder to write (hf format; a BERT folder with --towers text)")
+    i.add_argument(
+        "--out", required=True, help="the unimed folder to write (hf format; a BERT folder with --towers text)"
+    )
     i.add_argument("--tokenizer", help="the text tower's tokenizer folder (the checkpoint carries none)")
     i.add_argument("--towers", choices=["all", "text"], default="all")
     act = i.add_mutually_exclusive_group()
-    act.add_argument("--quick-gelu", dest="quick_gelu", action="store_true", default=None,
-                     help="the image tower uses QuickGELU (refused if the source declares GELU)")
+    act.add_argument(
+        "--quick-gelu",
+        dest="quick_gelu",
+        action="store_true",
+        default=None,
+        help="the image tower uses QuickGELU (refused if the source declares GELU)",
+    )
     act.add_argument("--gelu", dest="quick_gelu", action="store_false", help="the image tower uses GELU")
     lk = sub.add_parser("leakage", help="images shared by a training set and evaluation sets (exact and near copies)")
     lk.add_argument("train", help="the training MDS folder")
     lk.add_argument("evals", nargs="+", metavar="EVAL", help="evaluation MDS folders")
-    lk.add_argument("--max-distance", type=int, default=None,
-                    help="bits of the 64-bit perceptual hash two copies may differ in (default 6)")
+    lk.add_argument(
+        "--max-distance",
+        type=int,
+        default=None,
+        help="bits of the 64-bit perceptual hash two copies may differ in (default 6)",
+    )
     lk.add_argument("--sheet", help="contact sheet PNG of the pairs")
     lk.add_argument("--drop", metavar="OUT", help="write the training set without them into a new MDS folder")
     lk.add_argument("--json", help="the full report (every pair, by uid) as JSON")
@@ -143,8 +164,14 @@ def _tokenizer(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> None:
     common = {}
     if args.cmd == "eval":
-        common = {"out": args.out, "batch_size": args.batch_size, "max_samples": args.max_samples,
-                  "config": args.config, "tokenizer": args.tokenizer, "ema": args.ema}
+        common = {
+            "out": args.out,
+            "batch_size": args.batch_size,
+            "max_samples": args.max_samples,
+            "config": args.config,
+            "tokenizer": args.tokenizer,
+            "ema": args.ema,
+        }
     if args.cmd == "demo":
         from unimed.demo import run_demo
 

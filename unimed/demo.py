@@ -30,14 +30,15 @@ def run_demo(out: str = "demo-out", workers: int = 2) -> dict:
     raw = build_sample_corpus(root / "raw")
     shards = root / "shards"
     print(f"== ingest convert {raw} -> {shards}", flush=True)
-    convert_folder([str(raw)], str(shards), labels=str(raw.parent / "labels.csv"), workers=workers,
-                   source_name="demo")
+    convert_folder([str(raw)], str(shards), labels=str(raw.parent / "labels.csv"), workers=workers, source_name="demo")
     print(f"== ingest verify {shards}", flush=True)
     faults, counts = verify(str(shards))
     for fault in faults:
         print(f"fault {fault}", file=sys.stderr)
-    print(f"{'FAIL' if faults else 'OK'}: {counts['samples']} samples in {counts['shards']} shards, "
-          f"{len(faults)} faults", flush=True)
+    print(
+        f"{'FAIL' if faults else 'OK'}: {counts['samples']} samples in {counts['shards']} shards, {len(faults)} faults",
+        flush=True,
+    )
     if faults:
         raise SystemExit("verify found faults")
     print(f"== ingest inspect {shards}", flush=True)
@@ -81,11 +82,18 @@ def _train_and_evaluate(root: Path, workers: int) -> dict:
     # Into ``root`` itself: demo-out/train-shards is where train/yamls/demo-cpu.yaml (and the README's next
     # command, `composer train/run.py train/yamls/demo-cpu.yaml`) look for the demo's training shards.
     sets = build_demo_sets(root, workers=workers)
-    cfg = load_config(str(_demo_config_path()), [
-        f"data.shards=[{sets['train']}]", f"data.tokenizer={sets['tokenizer']}",
-        f"loss_log={root / 'train' / 'loss.jsonl'}", f"save_folder={root / 'train' / 'checkpoints'}",
-        "save_interval=1000ba", "autoresume=false", "console_log_interval=60ba",
-    ])
+    cfg = load_config(
+        str(_demo_config_path()),
+        [
+            f"data.shards=[{sets['train']}]",
+            f"data.tokenizer={sets['tokenizer']}",
+            f"loss_log={root / 'train' / 'loss.jsonl'}",
+            f"save_folder={root / 'train' / 'checkpoints'}",
+            "save_interval=1000ba",
+            "autoresume=false",
+            "console_log_interval=60ba",
+        ],
+    )
     eval_sets = [("demo-modality", sets["eval"])]
     size = cfg.model.vision.image_size
     untrained, _, tokenizer = load_trained(None, cfg=cfg)

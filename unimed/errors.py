@@ -8,8 +8,16 @@ import re
 import sys
 from typing import NoReturn
 
-__all__ = ["UserError", "RejectError", "ArgumentParser", "safe_reason", "clean_message", "shown_path", "yaml_error",
-           "stdout_closed"]
+__all__ = [
+    "UserError",
+    "RejectError",
+    "ArgumentParser",
+    "safe_reason",
+    "clean_message",
+    "shown_path",
+    "yaml_error",
+    "stdout_closed",
+]
 
 
 class UserError(ValueError):
@@ -102,7 +110,7 @@ def clean_message(text: str) -> str:
     for q in ("'", '"'):
         first, last = text.find(q), text.rfind(q)
         if first != -1:
-            text = text[:first] + " \x00 " + (text[last + 1:] if last > first else "")
+            text = text[:first] + " \x00 " + (text[last + 1 :] if last > first else "")
     out: list[str] = []
     for tok in _TOKEN.findall(text):
         keep = (

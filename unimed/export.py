@@ -27,8 +27,16 @@ import torch
 from unimed.errors import UserError
 from unimed.train.loss import get_loss
 
-__all__ = ["FORMATS", "open_clip_config", "open_clip_state", "export_open_clip", "export_hf", "export_text_tower",
-           "run_export", "run_import"]
+__all__ = [
+    "FORMATS",
+    "open_clip_config",
+    "open_clip_state",
+    "export_open_clip",
+    "export_hf",
+    "export_text_tower",
+    "run_export",
+    "run_import",
+]
 
 FORMATS = ("open_clip", "hf")
 
@@ -43,7 +51,7 @@ def open_clip_state(model) -> dict[str, torch.Tensor]:
     out = {}
     for k, v in model.state_dict().items():
         if k.startswith("text.bert."):
-            k = "text.transformer." + k[len("text.bert."):]
+            k = "text.transformer." + k[len("text.bert.") :]
         k = {"text.proj.fc1.weight": "text.proj.0.weight", "text.proj.fc2.weight": "text.proj.2.weight"}.get(k, k)
         if k in ("logit_scale", "logit_bias"):
             v = v.reshape(())
@@ -56,12 +64,24 @@ def open_clip_config(desc: dict[str, Any], folder: str) -> dict[str, Any]:
     m = desc["model"]
     v = m["vision"]
     model_cfg: dict[str, Any] = {
-        "embed_dim": m["embed_dim"], "quick_gelu": bool(v["quick_gelu"]),
-        "vision_cfg": {"image_size": v["image_size"], "layers": v["layers"], "width": v["width"],
-                       "head_width": v["width"] // v["heads"], "mlp_ratio": v["mlp_ratio"], "patch_size": v["patch_size"]},
-        "text_cfg": {"hf_model_name": folder, "hf_tokenizer_name": folder, "hf_model_pretrained": False,
-                     "hf_proj_type": "mlp", "hf_pooler_type": "cls_last_hidden_state_pooler",
-                     "context_length": desc["context_length"]},
+        "embed_dim": m["embed_dim"],
+        "quick_gelu": bool(v["quick_gelu"]),
+        "vision_cfg": {
+            "image_size": v["image_size"],
+            "layers": v["layers"],
+            "width": v["width"],
+            "head_width": v["width"] // v["heads"],
+            "mlp_ratio": v["mlp_ratio"],
+            "patch_size": v["patch_size"],
+        },
+        "text_cfg": {
+            "hf_model_name": folder,
+            "hf_tokenizer_name": folder,
+            "hf_model_pretrained": False,
+            "hf_proj_type": "mlp",
+            "hf_pooler_type": "cls_last_hidden_state_pooler",
+            "context_length": desc["context_length"],
+        },
     }
     loss = get_loss(m.get("loss", "clip"), where="the model descriptor's loss")
     if loss.needs_bias:  # open_clip builds the bias parameter only when given its init
@@ -84,8 +104,9 @@ def export_open_clip(loaded, out: str | os.PathLike) -> Path:
     (folder / "config.json").write_text(json.dumps(text_cfg, indent=2))
     doc = open_clip_config(loaded.descriptor, str(folder))
     (folder / "open_clip_config.json").write_text(json.dumps(doc, indent=2))
-    save_file(_tensors(open_clip_state(loaded.model)), str(folder / "open_clip_model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        _tensors(open_clip_state(loaded.model)), str(folder / "open_clip_model.safetensors"), metadata={"format": "pt"}
+    )
     _save_tokenizer(loaded.tokenizer, folder)
     return folder
 
@@ -128,9 +149,10 @@ def export_text_tower(source: str, out: str | os.PathLike, tokenizer: str | None
     layout = detect_layout(state, source)
     mapped, dropped = to_unimed_keys(state, layout, source, towers=("text",))
     report = ImportReport(source, layout, unexpected=dropped)
-    bert_state = {k[len("text.bert."):]: v for k, v in mapped.items() if k.startswith("text.bert.")}
-    report.notes.append("text projection (text.proj.*) and logit scale not carried: model.text.pretrained takes "
-                        "the BERT only")
+    bert_state = {k[len("text.bert.") :]: v for k, v in mapped.items() if k.startswith("text.bert.")}
+    report.notes.append(
+        "text projection (text.proj.*) and logit scale not carried: model.text.pretrained takes the BERT only"
+    )
     cfg = BertConfig.from_dict(text_config_from_state(mapped, None, 0, report.notes))
     bert = BertModel(cfg, add_pooling_layer=False)
     result = bert.load_state_dict(bert_state, strict=False)
@@ -145,7 +167,9 @@ def export_text_tower(source: str, out: str | os.PathLike, tokenizer: str | None
 
         tok = load_tokenizer(tokenizer)
         if len(tok) > cfg.vocab_size:
-            raise UserError(f"{tokenizer}: {len(tok)} tokens, the text tower embeds {cfg.vocab_size}: not its tokenizer")
+            raise UserError(
+                f"{tokenizer}: {len(tok)} tokens, the text tower embeds {cfg.vocab_size}: not its tokenizer"
+            )
         tok.save_pretrained(str(out))
     return report
 
@@ -164,8 +188,9 @@ def run_export(checkpoint: str, fmt: str, out: str, config: str | None = None, e
     return folder
 
 
-def run_import(source: str, out: str, tokenizer: str | None = None, quick_gelu: bool | None = None,
-               towers: str = "all"):  # -> ImportReport
+def run_import(
+    source: str, out: str, tokenizer: str | None = None, quick_gelu: bool | None = None, towers: str = "all"
+):  # -> ImportReport
     """``unimed import``: read another layout, print the report, write an ``hf`` folder (or a BERT folder)."""
     from unimed.train.loading import load_any
 

@@ -10,7 +10,8 @@ folder itself:
   ``max_distance`` bits: re-encoded, resized, slightly shifted or recompressed copies.
 
 Comparison is an exhaustive, blocked XOR-and-popcount over all pairs in numpy (the figure is in
-benchmarks/RESULTS.md), so the answer never depends on an index's approximations. ``drop`` writes the training set without every
+benchmarks/RESULTS.md), so the answer never depends on an index's approximations. ``drop`` writes the training set
+without every
 sample that has a pair in an evaluation set, and without the later copies of its own duplicates.
 """
 
@@ -67,8 +68,11 @@ def fingerprint(image: bytes) -> tuple[str, int]:
         im.load()
         pixels = np.asarray(im)
         exact = hashlib.sha1(f"{im.mode}{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
-        grey = im.convert("L") if im.mode not in ("I;16", "I") else Image.fromarray(
-            (pixels.astype(np.float32) / 256.0).astype(np.uint8))
+        grey = (
+            im.convert("L")
+            if im.mode not in ("I;16", "I")
+            else Image.fromarray((pixels.astype(np.float32) / 256.0).astype(np.uint8))
+        )
     bits = imagehash.phash(grey, hash_size=8).hash.flatten()
     return exact, int(np.packbits(bits.astype(np.uint8)).view(">u8")[0])
 
@@ -108,7 +112,7 @@ def find_pairs(a: Prints, b: Prints | None, max_distance: int = DEFAULT_MAX_DIST
     pairs += [Pair("exact", i, j, 0) for i, j in sorted(exact_pairs)]
     block = max(1, (1 << 22) // max(len(b.phash), 1))  # rows per block: ~100 MB of working memory
     for lo in range(0, len(a.phash), block):
-        d = _distances(a.phash[lo:lo + block], b.phash)
+        d = _distances(a.phash[lo : lo + block], b.phash)
         ii, jj = np.nonzero(d <= max_distance)
         for i, j in zip(ii.tolist(), jj.tolist()):
             i += lo
@@ -155,8 +159,13 @@ def _drop(train: str, out: str, remove: set[int]) -> int:
     first = (shards or [{}])[0]
     columns = shard_columns(shards)
     kept = 0
-    with ShardWriter(out, columns, compression=first.get("compression"), hashes=["xxh64"],
-                     size_limit=first.get("size_limit") or 1 << 26) as writer:
+    with ShardWriter(
+        out,
+        columns,
+        compression=first.get("compression"),
+        hashes=["xxh64"],
+        size_limit=first.get("size_limit") or 1 << 26,
+    ) as writer:
         for k, s in enumerate(iter_samples(train)):
             if k not in remove:
                 writer.write({c: s[c] for c in columns})
@@ -164,8 +173,13 @@ def _drop(train: str, out: str, remove: set[int]) -> int:
     return kept
 
 
-def leakage(train: str, evals: list[str], max_distance: int = DEFAULT_MAX_DISTANCE, sheet: str | None = None,
-            drop: str | None = None) -> dict[str, Any]:
+def leakage(
+    train: str,
+    evals: list[str],
+    max_distance: int = DEFAULT_MAX_DISTANCE,
+    sheet: str | None = None,
+    drop: str | None = None,
+) -> dict[str, Any]:
     """Pairs between ``train`` and each of ``evals``, and within ``train``: counts, pairs, and the cleaned set."""
     keep_images = sheet is not None
     tr = _prints(train, os.path.basename(os.path.normpath(train)) or "train", keep_images)
@@ -173,8 +187,9 @@ def leakage(train: str, evals: list[str], max_distance: int = DEFAULT_MAX_DISTAN
     shown: list[tuple[str, Prints, Prints, Pair]] = []
     remove: set[int] = set()
     within = find_pairs(tr, None, max_distance)
-    report["train"].update(exact_pairs=sum(p.kind == "exact" for p in within),
-                           near_pairs=sum(p.kind == "near" for p in within))
+    report["train"].update(
+        exact_pairs=sum(p.kind == "exact" for p in within), near_pairs=sum(p.kind == "near" for p in within)
+    )
     remove |= {p.j for p in within}  # the later copy of a duplicate inside the training set
     shown += [("train/train", tr, tr, p) for p in within[:8]]
     for k, folder in enumerate(evals):
@@ -187,8 +202,10 @@ def leakage(train: str, evals: list[str], max_distance: int = DEFAULT_MAX_DISTAN
             "exact_pairs": sum(p.kind == "exact" for p in pairs),
             "near_pairs": sum(p.kind == "near" for p in pairs),
             "eval_samples_in_train": len({p.j for p in pairs}),
-            "pairs": [{"kind": p.kind, "train_uid": tr.uids[p.i], "eval_uid": ev.uids[p.j], "distance": p.distance}
-                      for p in pairs],
+            "pairs": [
+                {"kind": p.kind, "train_uid": tr.uids[p.i], "eval_uid": ev.uids[p.j], "distance": p.distance}
+                for p in pairs
+            ],
         }
         shown += [(f"train/{name}", tr, ev, p) for p in pairs]
     report["train"]["to_drop"] = len(remove)
@@ -203,9 +220,13 @@ def leakage(train: str, evals: list[str], max_distance: int = DEFAULT_MAX_DISTAN
 def markdown(report: dict[str, Any]) -> str:
     """The report as one Markdown table (a row per evaluation set, and one for the training set itself)."""
     t = report["train"]
-    rows = ["| set | samples | exact pairs | near pairs | samples also in train |", "|---|---:|---:|---:|---:|",
-            f"| train (within) | {t['samples']} | {t['exact_pairs']} | {t['near_pairs']} | – |"]
+    rows = [
+        "| set | samples | exact pairs | near pairs | samples also in train |",
+        "|---|---:|---:|---:|---:|",
+        f"| train (within) | {t['samples']} | {t['exact_pairs']} | {t['near_pairs']} | – |",
+    ]
     for name, s in report["sets"].items():
-        rows.append(f"| {name} | {s['samples']} | {s['exact_pairs']} | {s['near_pairs']} | "
-                    f"{s['eval_samples_in_train']} |")
+        rows.append(
+            f"| {name} | {s['samples']} | {s['exact_pairs']} | {s['near_pairs']} | {s['eval_samples_in_train']} |"
+        )
     return "\n".join(rows) + f"\n\nnear: perceptual hashes within {report['max_distance']} of 64 bits\n"

@@ -61,8 +61,10 @@ class Store:
         parsed = urllib.parse.urlparse(url)
         self.label = f"{label} " if label else ""
         if parsed.scheme not in SCHEMES:
-            raise UserError(f"{self.label}{url}: only {', '.join(s + '://' for s in SCHEMES)} object storage "
-                            "is read and written here (training reads what mosaicml-streaming reads)")
+            raise UserError(
+                f"{self.label}{url}: only {', '.join(s + '://' for s in SCHEMES)} object storage "
+                "is read and written here (training reads what mosaicml-streaming reads)"
+            )
         if not parsed.netloc:
             raise UserError(f"{self.label}{url}: no bucket; write s3://BUCKET/PREFIX")
         self.url = url.rstrip("/")
@@ -82,7 +84,9 @@ class Store:
             try:
                 self._client = boto3.session.Session().client("s3", config=config, endpoint_url=self.endpoint)
             except ValueError as exc:  # a malformed S3_ENDPOINT_URL
-                raise UserError(f"{self.label}{self.url}: S3_ENDPOINT_URL={self.endpoint!r} is not usable ({exc})") from None
+                raise UserError(
+                    f"{self.label}{self.url}: S3_ENDPOINT_URL={self.endpoint!r} is not usable ({exc})"
+                ) from None
         return self._client
 
     def key(self, rel: str) -> str:
@@ -108,19 +112,29 @@ class Store:
             err = exc.response.get("Error", {})
             code = str(err.get("Code", ""))
             if code in ("NoSuchBucket",) or (code == "404" and not what):
-                raise UserError(f"{where}: bucket {self.bucket!r} does not exist{at}; create it or fix the URL") from None
+                raise UserError(
+                    f"{where}: bucket {self.bucket!r} does not exist{at}; create it or fix the URL"
+                ) from None
             if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                raise UserError(f"{where}: access denied{at} ({code}); check the credentials "
-                                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)") from None
+                raise UserError(
+                    f"{where}: access denied{at} ({code}); check the credentials "
+                    "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
+                ) from None
             if code in ("404", "NoSuchKey"):
                 raise UserError(f"{where}: no such object{at}") from None
-            raise UserError(f"{where}: the object store{at} answered {code}: {err.get('Message', '')}".rstrip(": ")) from None
+            raise UserError(
+                f"{where}: the object store{at} answered {code}: {err.get('Message', '')}".rstrip(": ")
+            ) from None
         except (NoCredentialsError, PartialCredentialsError):
-            raise UserError(f"{where}: no credentials for the object store; set AWS_ACCESS_KEY_ID and "
-                            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)") from None
+            raise UserError(
+                f"{where}: no credentials for the object store; set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+            ) from None
         except ConnectionError as exc:
-            raise UserError(f"{where}: cannot reach the object store{at or ' (AWS)'} ({type(exc).__name__}); "
-                            "check S3_ENDPOINT_URL and the network") from None
+            raise UserError(
+                f"{where}: cannot reach the object store{at or ' (AWS)'} ({type(exc).__name__}); "
+                "check S3_ENDPOINT_URL and the network"
+            ) from None
         except BotoCoreError as exc:
             raise UserError(f"{where}: {type(exc).__name__}: {exc}") from None
 
@@ -137,8 +151,10 @@ class Store:
                 self.client.head_object(Bucket=self.bucket, Key=self.key("index.json"))
             except Exception as exc:
                 if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey"):
-                    raise UserError(f"{self.label}{self.url}: no index.json (not a converted folder, or its "
-                                    "conversion has not finished)") from None
+                    raise UserError(
+                        f"{self.label}{self.url}: no index.json (not a converted folder, or its "
+                        "conversion has not finished)"
+                    ) from None
                 raise
 
     def list(self) -> dict[str, dict]:
@@ -149,7 +165,7 @@ class Store:
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base)
             for page in pages:
                 for obj in page.get("Contents", []):
-                    rel = obj["Key"][len(base):]
+                    rel = obj["Key"][len(base) :]
                     if rel and not rel.endswith("/"):
                         found[rel] = {"size": int(obj["Size"]), "etag": str(obj.get("ETag", "")).strip('"')}
         return found

@@ -12,8 +12,15 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["pydicom_dir", "pydicom_data_dir", "all_dicom_files", "nibabel_dir", "skimage_dir",
-           "build_sample_corpus", "BROKEN_DICOM"]
+__all__ = [
+    "pydicom_dir",
+    "pydicom_data_dir",
+    "all_dicom_files",
+    "nibabel_dir",
+    "skimage_dir",
+    "build_sample_corpus",
+    "BROKEN_DICOM",
+]
 
 #: Deliberately broken DICOM files among pydicom's test files, with what is wrong.
 BROKEN_DICOM = {

@@ -33,8 +33,9 @@ CODECS: tuple[str, ...] = ("jpeg", "png")
 
 def _keyed(value: object) -> bool:
     """Whether ``value`` is a keyed hash as the converter writes one (32 lower-case hex digits) or ``""``."""
-    return isinstance(value, str) and (value == "" or (len(value) == 32 and all(c in "0123456789abcdef"
-                                                                                 for c in value)))
+    return isinstance(value, str) and (
+        value == "" or (len(value) == 32 and all(c in "0123456789abcdef" for c in value))
+    )
 
 
 def check_columns(names: list[str]) -> str | None:

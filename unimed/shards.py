@@ -33,8 +33,21 @@ import numpy as np
 
 from unimed.errors import UserError
 
-__all__ = ["ShardWriter", "ENCODINGS", "parse_size", "check_compression", "compress", "decompress", "file_hash", "read_index",
-           "write_index", "merge_index", "iter_samples", "shard_file", "INDEX"]
+__all__ = [
+    "ShardWriter",
+    "ENCODINGS",
+    "parse_size",
+    "check_compression",
+    "compress",
+    "decompress",
+    "file_hash",
+    "read_index",
+    "write_index",
+    "merge_index",
+    "iter_samples",
+    "shard_file",
+    "INDEX",
+]
 
 INDEX = "index.json"
 #: The column encodings written here (the variable-size ones the shard schema uses).
@@ -144,8 +157,14 @@ class ShardWriter:
 
     format = "mds"
 
-    def __init__(self, out: str, columns: dict[str, str], compression: str | None = None,
-                 hashes: list[str] | None = None, size_limit: int | str | None = 1 << 26) -> None:
+    def __init__(
+        self,
+        out: str,
+        columns: dict[str, str],
+        compression: str | None = None,
+        hashes: list[str] | None = None,
+        size_limit: int | str | None = 1 << 26,
+    ) -> None:
         for name in sorted(columns):
             if columns[name] not in ENCODINGS:
                 raise ValueError(f"column {name!r}: encoding {columns[name]!r} is not one of {ENCODINGS}")
@@ -198,8 +217,11 @@ class ShardWriter:
         self.size += len(data) + 4
 
     def _info(self, data: bytes, basename: str) -> dict:
-        return {"basename": basename, "bytes": len(data),
-                "hashes": {a: _hasher(a)(data).hexdigest() for a in self.hashes}}
+        return {
+            "basename": basename,
+            "bytes": len(data),
+            "hashes": {a: _hasher(a)(data).hexdigest() for a in self.hashes},
+        }
 
     def flush(self) -> None:
         """Write the cached samples as the next shard (as streaming does, even when there are none)."""
@@ -227,8 +249,9 @@ class ShardWriter:
     def __enter__(self) -> ShardWriter:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:  # a failed chunk writes no index: it is redone whole
             self.finish()
 
@@ -256,8 +279,11 @@ def read_index(folder: str) -> dict:
             index = json.load(fh)
     except (ValueError, UnicodeDecodeError):
         index = None
-    if not isinstance(index, dict) or not isinstance(index.get("shards"), list) or not all(
-            isinstance(s, dict) and isinstance(s.get("raw_data"), dict) for s in index["shards"]):
+    if (
+        not isinstance(index, dict)
+        or not isinstance(index.get("shards"), list)
+        or not all(isinstance(s, dict) and isinstance(s.get("raw_data"), dict) for s in index["shards"])
+    ):
         raise UserError(f"{path}: empty or damaged index; rerun `ingest merge {folder}` to rebuild it")
     return index
 
@@ -303,7 +329,7 @@ def iter_samples(folder: str) -> Iterator[dict[str, Any]]:
             pos = lo + 4 * len(names)
             sample = {}
             for name, enc, size in zip(names, encodings, sizes):
-                sample[name] = _decode(enc, raw[pos: pos + int(size)])
+                sample[name] = _decode(enc, raw[pos : pos + int(size)])
                 pos += int(size)
             assert pos == hi, "sample sizes disagree with the shard's offsets"
             yield sample

@@ -7,7 +7,8 @@ Sections, each in its own process with a share of the time budget, the JSON rewr
 - ``loss``: ``benchmarks/loss.py``: the Triton loss against the PyTorch reference at B = 4k, 16k, 64k
   (median ms and peak MiB of forward + backward).
 - ``decode``: the real loader (StreamingDataset + DALI, nvJPEG, ``device="gpu"``; with ``--cpu``, the CPU
-  path's worker decoding) over MDS shards of 512-px JPEGs, cropped to 224, against torchvision's batched GPU ``decode_jpeg`` + resize on the same bytes
+  path's worker decoding) over MDS shards of 512-px JPEGs, cropped to 224, against torchvision's batched GPU
+  ``decode_jpeg`` + resize on the same bytes
   (a yardstick with no dataset, no augmentation and no shuffling: an upper bound for decoding alone).
 - ``train``: ``benchmarks/train.py --section loader``: ViT-B/16 + BERT-base, bf16, batch 128: images/s and
   MFU with the real loader and with synthetic in-memory batches (``real/synthetic``), through Composer.
@@ -61,13 +62,22 @@ def section_env(args) -> dict[str, Any]:
 def _child(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     try:
-        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(timeout, 5),
-                             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+        out = subprocess.run(
+            cmd,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=max(timeout, 5),
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        )
     except subprocess.TimeoutExpired as err:
         tail = (err.stdout or b"")[-2000:] if isinstance(err.stdout, bytes) else (err.stdout or "")[-2000:]
         return {"status": "timeout", "after_s": round(time.perf_counter() - start, 1), "tail": str(tail)}
-    result = {"status": "ok" if out.returncode == 0 else f"exit {out.returncode}", "rc": out.returncode,
-              "wall_s": round(time.perf_counter() - start, 1)}
+    result = {
+        "status": "ok" if out.returncode == 0 else f"exit {out.returncode}",
+        "rc": out.returncode,
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
     if out.returncode != 0:
         result["tail"] = (out.stdout + out.stderr)[-3000:]
     result["stdout_tail"] = out.stdout[-1500:]
@@ -152,10 +162,15 @@ def plain_step(cpu: bool) -> dict[str, Any]:
         if not cpu:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    warm = sorted(times[steps // 3:])
+    warm = sorted(times[steps // 3 :])
     step_s = warm[len(warm) // 2]
-    return {"trainer": "plain torch (no Composer)", "model": name, "batch_size": batch,
-            "images_per_second": round(batch / step_s, 1), "step_ms": round(step_s * 1e3, 2)}
+    return {
+        "trainer": "plain torch (no Composer)",
+        "model": name,
+        "batch_size": batch,
+        "images_per_second": round(batch / step_s, 1),
+        "step_ms": round(step_s * 1e3, 2),
+    }
 
 
 def section_decode(args, timeout: float) -> dict[str, Any]:
@@ -180,14 +195,29 @@ def decode(cpu: bool) -> dict[str, Any]:
     device = "cpu" if cpu else "cuda"
     out: dict[str, Any] = {"images": images, "stored_px": size, "batch_size": batch, "output_px": 224}
     with tempfile.TemporaryDirectory() as tmp:
-        spec = SyntheticSpec(counts={"xray": images // 2, "pathology": images - images // 2}, size=size,
-                             png_fraction=0.0, corrupt=0, seed=3)
+        spec = SyntheticSpec(
+            counts={"xray": images // 2, "pathology": images - images // 2},
+            size=size,
+            png_fraction=0.0,
+            corrupt=0,
+            seed=3,
+        )
         folders = write_synthetic_shards(os.path.join(tmp, "shards"), spec)
-        tok = train_tokenizer(os.path.dirname(next(iter(folders.values()))), os.path.join(tmp, "tok"),
-                              vocab_size=200, context_length=32)
-        cfg = LoaderConfig(shards=list(folders.values()), tokenizer=tok, context_length=32, batch_size=batch,
-                           num_workers=1 if cpu else 8, image_size=224, device="cpu" if cpu else "gpu",
-                           dali_threads=2 if cpu else 4, drop_last=False, cache_dir=os.path.join(tmp, "cache"))
+        tok = train_tokenizer(
+            os.path.dirname(next(iter(folders.values()))), os.path.join(tmp, "tok"), vocab_size=200, context_length=32
+        )
+        cfg = LoaderConfig(
+            shards=list(folders.values()),
+            tokenizer=tok,
+            context_length=32,
+            batch_size=batch,
+            num_workers=1 if cpu else 8,
+            image_size=224,
+            device="cpu" if cpu else "gpu",
+            dali_threads=2 if cpu else 4,
+            drop_last=False,
+            cache_dir=os.path.join(tmp, "cache"),
+        )
         loader = build_loader(cfg).dataloader
         n, seconds = 0, 0.0
         for epoch in range(3):  # the first epoch warms up (workers, nvJPEG, allocator); two are timed
@@ -211,8 +241,9 @@ def decode(cpu: bool) -> dict[str, Any]:
         def run() -> int:
             done = 0
             for i in range(0, len(blobs), batch):
-                decoded = torchvision.io.decode_jpeg(blobs[i:i + batch], device=device,
-                                                     mode=torchvision.io.ImageReadMode.RGB)
+                decoded = torchvision.io.decode_jpeg(
+                    blobs[i : i + batch], device=device, mode=torchvision.io.ImageReadMode.RGB
+                )
                 stacked = torch.stack([resize(x) for x in decoded])
                 done += int(stacked.shape[0])
             if not cpu:

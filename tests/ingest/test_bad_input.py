@@ -51,14 +51,17 @@ def test_strict_exits_non_zero(tmp_path, broken_folder):
     assert rc == 1
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["convert", "/no/such/folder", "--out", "{tmp}/o"], "no such file or folder"),
-    (["convert", "{tmp}", "--out", "{tmp}", "--modality", "xrays"], "--modality xrays"),
-    (["convert", "{tmp}", "--out", "{tmp}/o", "--bits", "16"], "--bits 16 needs --codec png"),
-    (["convert", "{tmp}", "--out", "{tmp}/o", "--labels", "/no/labels.csv"], "label table not found"),
-    (["convert", "{tmp}", "--out", "{tmp}/o", "--window", "lungs"], "unknown window"),
-    (["verify", "{tmp}"], "no index.json"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["convert", "/no/such/folder", "--out", "{tmp}/o"], "no such file or folder"),
+        (["convert", "{tmp}", "--out", "{tmp}", "--modality", "xrays"], "--modality xrays"),
+        (["convert", "{tmp}", "--out", "{tmp}/o", "--bits", "16"], "--bits 16 needs --codec png"),
+        (["convert", "{tmp}", "--out", "{tmp}/o", "--labels", "/no/labels.csv"], "label table not found"),
+        (["convert", "{tmp}", "--out", "{tmp}/o", "--window", "lungs"], "unknown window"),
+        (["verify", "{tmp}"], "no index.json"),
+    ],
+)
 def test_user_mistakes_are_one_clear_line(tmp_path, capsys, argv, needle):
     (tmp_path / "x.txt").write_text("x")
     rc = cli.main([a.replace("{tmp}", str(tmp_path)) for a in argv])

@@ -14,19 +14,75 @@ from unimed.ingest.labels import LabelTable
 #: Class names of the reference system's 21 zero-shot sets that are findings (REFERENCE.md), by modality.
 EVAL_CLASSES = {
     "xray": ["atelectasis", "cardiomegaly", "consolidation", "edema", "pleural effusion", "normal", "pneumonia"],
-    "fundus": ["no DR", "mild", "moderate", "severe", "proliferative", "glaucoma", "no glaucoma",
-               "age-related macular degeneration", "diabetic retinopathy", "normal", "pathologic myopia", "cataract"],
-    "ct": ["heart", "left lung", "right lung", "liver", "spleen", "pancreas", "left kidney", "right kidney",
-           "bladder", "left femoral head", "right femoral head"],
+    "fundus": [
+        "no DR",
+        "mild",
+        "moderate",
+        "severe",
+        "proliferative",
+        "glaucoma",
+        "no glaucoma",
+        "age-related macular degeneration",
+        "diabetic retinopathy",
+        "normal",
+        "pathologic myopia",
+        "cataract",
+    ],
+    "ct": [
+        "heart",
+        "left lung",
+        "right lung",
+        "liver",
+        "spleen",
+        "pancreas",
+        "left kidney",
+        "right kidney",
+        "bladder",
+        "left femoral head",
+        "right femoral head",
+    ],
     "mri": ["acl tear", "meniscus tear"],
     "ultrasound": ["benign", "malignant", "breast/benign", "thyroid/malignant"],
-    "pathology": ["lung adenocarcinoma", "benign lung", "lung squamous cell carcinoma", "colon adenocarcinoma",
-                  "benign colonic tissue", "lymph node", "lymph node with metastatic tumour", "adipose", "debris",
-                  "lymphocytes", "mucus", "smooth muscle", "normal colon mucosa", "stroma", "tumour epithelium",
-                  "benign", "in-situ carcinoma", "invasive carcinoma", "normal", "non-tumour", "necrotic", "tumour",
-                  "necrosis", "skeletal muscle", "sweat glands", "vessels", "elastosis", "chondral tissue",
-                  "hair follicle", "epidermis", "nerves", "subcutis", "dermis", "sebaceous glands",
-                  "squamous cell carcinoma", "melanoma", "basal cell carcinoma", "naevus"],
+    "pathology": [
+        "lung adenocarcinoma",
+        "benign lung",
+        "lung squamous cell carcinoma",
+        "colon adenocarcinoma",
+        "benign colonic tissue",
+        "lymph node",
+        "lymph node with metastatic tumour",
+        "adipose",
+        "debris",
+        "lymphocytes",
+        "mucus",
+        "smooth muscle",
+        "normal colon mucosa",
+        "stroma",
+        "tumour epithelium",
+        "benign",
+        "in-situ carcinoma",
+        "invasive carcinoma",
+        "normal",
+        "non-tumour",
+        "necrotic",
+        "tumour",
+        "necrosis",
+        "skeletal muscle",
+        "sweat glands",
+        "vessels",
+        "elastosis",
+        "chondral tissue",
+        "hair follicle",
+        "epidermis",
+        "nerves",
+        "subcutis",
+        "dermis",
+        "sebaceous glands",
+        "squamous cell carcinoma",
+        "melanoma",
+        "basal cell carcinoma",
+        "naevus",
+    ],
 }
 
 
@@ -62,8 +118,9 @@ def test_negative_findings_are_phrased_as_absent():
     assert caps[0].startswith("A chest X-ray showing cardiomegaly.")
     assert all("pneumothorax or pleural effusion" in c.lower() for c in caps)
     only = eng.captions("xray", ["-Edema"])
-    assert len(only) == 5 and all("edema" in c and ("no " in c.lower() or "without" in c or "negative" in c)
-                                  for c in only)
+    assert len(only) == 5 and all(
+        "edema" in c and ("no " in c.lower() or "without" in c or "negative" in c) for c in only
+    )
     assert all("glaucoma" in c for c in eng.captions("fundus", ["no glaucoma"]))
 
 
@@ -86,8 +143,9 @@ def test_chexpert_explicit_negatives_become_negative_labels(tmp_path):
 def test_generated_bank_is_just_a_data_file(tmp_path):
     bank = tmp_path / "llm_fundus.yaml"  # partial: modality and classes, e.g. written offline by an LLM
     phrasings = [f"Fundus photograph {i}: moderate non-proliferative diabetic retinopathy." for i in range(15)]
-    bank.write_text("modality: fundus\nclasses:\n  moderate diabetic retinopathy:\n"
-                    + "".join(f"    - \"{p}\"\n" for p in phrasings))
+    bank.write_text(
+        "modality: fundus\nclasses:\n  moderate diabetic retinopathy:\n" + "".join(f'    - "{p}"\n' for p in phrasings)
+    )
     eng = CaptionEngine([bank])
     assert eng.captions("fundus", ["2"]) == phrasings
     assert len(eng.captions("fundus", ["glaucoma"])) == 5  # shipped entries kept

@@ -9,17 +9,43 @@ import pytest
 from unimed.ingest.captions import CaptionEngine, default_banks, fix_articles
 
 #: The article each word takes, written by hand (not derived from the engine's rule).
-SPOKEN = {"MRI": "an", "MR": "an", "CT": "a", "X-ray": "an", "H&E": "an", "US": "a", "FLAIR": "a", "OCT": "an",
-          "magnetic": "a", "ultrasound": "an", "unremarkable": "an", "image": "an", "axial": "an",
-          "one": "a", "urinary": "a", "uterine": "a", "eye": "an", "uniform": "a", "hour": "an", "endoscopic": "an", "abdominal": "an"}
+SPOKEN = {
+    "MRI": "an",
+    "MR": "an",
+    "CT": "a",
+    "X-ray": "an",
+    "H&E": "an",
+    "US": "a",
+    "FLAIR": "a",
+    "OCT": "an",
+    "magnetic": "a",
+    "ultrasound": "an",
+    "unremarkable": "an",
+    "image": "an",
+    "axial": "an",
+    "one": "a",
+    "urinary": "a",
+    "uterine": "a",
+    "eye": "an",
+    "uniform": "a",
+    "hour": "an",
+    "endoscopic": "an",
+    "abdominal": "an",
+}
 
 
-@pytest.mark.parametrize("text,want", [
-    ("A MRI scan of the head.", "An MRI scan of the head."),
-    ("An magnetic resonance image.", "A magnetic resonance image."),
-    ("a X-ray", "an X-ray"), ("An CT slice", "A CT slice"), ("A H&E stained slide", "An H&E stained slide"),
-    ("An one-sided effusion", "A one-sided effusion"), ("A unremarkable study", "An unremarkable study"),
-])
+@pytest.mark.parametrize(
+    "text,want",
+    [
+        ("A MRI scan of the head.", "An MRI scan of the head."),
+        ("An magnetic resonance image.", "A magnetic resonance image."),
+        ("a X-ray", "an X-ray"),
+        ("An CT slice", "A CT slice"),
+        ("A H&E stained slide", "An H&E stained slide"),
+        ("An one-sided effusion", "A one-sided effusion"),
+        ("A unremarkable study", "An unremarkable study"),
+    ],
+)
 def test_articles_follow_the_sound(text, want):
     assert fix_articles(text) == want
 

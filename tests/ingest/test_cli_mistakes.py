@@ -21,7 +21,8 @@ def test_zero_images_is_a_failure_with_the_reason(tmp_path, capsys):
     assert [ln for ln in err.splitlines() if ln.startswith("ingest: error")] == [
         "ingest: error: no image was converted: no source recognized the file (tried manifest: not its format; "
         "slide: not its format; dicom: not its format; image: not its format; nifti: not its format) (1 of 1 "
-        f"inputs); every reason is in {tmp_path / 'out' / 'rejects.jsonl'}; once fixed, run again with --overwrite"]
+        f"inputs); every reason is in {tmp_path / 'out' / 'rejects.jsonl'}; once fixed, run again with --overwrite"
+    ]
 
 
 def test_a_manifest_of_plain_images_without_modality_names_the_fix(tmp_path, capsys):
@@ -38,8 +39,9 @@ def test_a_manifest_of_plain_images_without_modality_names_the_fix(tmp_path, cap
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("ingest: error")]
     assert len(err) == 1 and "carries no modality; pass --modality" in err[0] and "--overwrite" in err[0]
     assert cli.main(["convert", str(manifest), "--out", out, "--modality", "other", "--no-progress"]) == 2
-    assert cli.main(["convert", str(manifest), "--out", out, "--modality", "other", "--overwrite",
-                     "--no-progress"]) == 0
+    assert (
+        cli.main(["convert", str(manifest), "--out", out, "--modality", "other", "--overwrite", "--no-progress"]) == 0
+    )
 
 
 def test_an_unknown_axis_is_a_bad_argument_not_a_reject_per_file(tmp_path, capsys):
@@ -89,12 +91,24 @@ def test_modality_and_force_modality_together_is_one_line(tmp_path, capsys):
     src = tmp_path / "in"
     src.mkdir()
     shutil.copy(pydicom_dir() / "CT_small.dcm", src)
-    rc = cli.main(["convert", str(src), "--out", str(tmp_path / "o"), "--modality", "ct", "--force-modality", "mri",
-                   "--no-progress"])
+    rc = cli.main(
+        [
+            "convert",
+            str(src),
+            "--out",
+            str(tmp_path / "o"),
+            "--modality",
+            "ct",
+            "--force-modality",
+            "mri",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "--modality and --force-modality: give one" in err
-    assert cli.main(["convert", str(src), "--out", str(tmp_path / "o"), "--force-modality", "auto",
-                     "--no-progress"]) == 2
+    assert (
+        cli.main(["convert", str(src), "--out", str(tmp_path / "o"), "--force-modality", "auto", "--no-progress"]) == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--force-modality auto: use one of" in err
     assert not (tmp_path / "o").exists()
@@ -125,8 +139,9 @@ def test_a_split_job_into_one_s3_prefix_is_refused(tmp_path, capsys):
     src = tmp_path / "in"
     src.mkdir()
     shutil.copy(pydicom_dir() / "CT_small.dcm", src)
-    rc = cli.main(["convert", str(src), "--out", "s3://bucket/prefix", "--num-shards", "2", "--shard-index", "0",
-                   "--no-progress"])
+    rc = cli.main(
+        ["convert", str(src), "--out", "s3://bucket/prefix", "--num-shards", "2", "--shard-index", "0", "--no-progress"]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "--num-shards with an s3:// --out" in err
 
@@ -168,11 +183,13 @@ def test_a_failed_convert_leaves_nothing_and_overwrite_starts_again(tmp_path, ca
     no_path.write_text("name,label\nCT_small.dcm,a\n")
     elsewhere = tmp_path / "elsewhere.csv"  # a table of other files: nothing it says reaches a sample
     elsewhere.write_text("path,label\nx.png,a\n")
-    for argv, needle in ((["convert", str(tmp_path / "nope")], "no such file"),
-                         (["convert", str(tmp_path / "empty")], "no input files"),
-                         (["convert", str(src), "--labels", str(no_path)], "no path column"),
-                         (["convert", str(src), "--labels", str(src / "CT_small.dcm")], "not a CSV label table"),
-                         (["convert", str(src), "--labels", str(elsewhere)], "none of its 1 rows names one of")):
+    for argv, needle in (
+        (["convert", str(tmp_path / "nope")], "no such file"),
+        (["convert", str(tmp_path / "empty")], "no input files"),
+        (["convert", str(src), "--labels", str(no_path)], "no path column"),
+        (["convert", str(src), "--labels", str(src / "CT_small.dcm")], "not a CSV label table"),
+        (["convert", str(src), "--labels", str(elsewhere)], "none of its 1 rows names one of"),
+    ):
         assert cli.main([*argv, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and needle in err, err
@@ -198,14 +215,34 @@ def test_class_folders_pointed_at_a_class_folder(tmp_path, capsys):
     for cls in ("Benign", "InSitu"):
         (bach / cls).mkdir(parents=True)
         for i in range(2):
-            Image.fromarray(data.astronaut()[i * 40:i * 40 + 200, :200]).save(bach / cls / f"b00{i}.tif")
-    rc = cli.main(["convert", str(bach / "Benign"), "--out", str(tmp_path / "o1"), "--class-folders",
-                   "--modality", "pathology", "--no-progress"])
+            Image.fromarray(data.astronaut()[i * 40 : i * 40 + 200, :200]).save(bach / cls / f"b00{i}.tif")
+    rc = cli.main(
+        [
+            "convert",
+            str(bach / "Benign"),
+            "--out",
+            str(tmp_path / "o1"),
+            "--class-folders",
+            "--modality",
+            "pathology",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "give the folder that holds the class folders" in err
     Image.fromarray(data.astronaut()[:200, :200]).save(bach / "stray.tif")
-    rc = cli.main(["convert", str(bach), "--out", str(tmp_path / "o2"), "--class-folders", "--modality",
-                   "pathology", "--no-progress"])
+    rc = cli.main(
+        [
+            "convert",
+            str(bach),
+            "--out",
+            str(tmp_path / "o2"),
+            "--class-folders",
+            "--modality",
+            "pathology",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     rows = [json.loads(line) for line in (tmp_path / "o2.report" / "rejects.jsonl").read_text().splitlines()]
     assert [r["reason"] for r in rows] == ["not inside a class folder (--class-folders labels by folder)"]

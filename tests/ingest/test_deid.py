@@ -97,13 +97,16 @@ def _one(helpers, src, out):
     return out
 
 
-@pytest.mark.parametrize("flag,modality,allowed,expect", [
-    ("YES", "CT", False, "BurnedInAnnotation is YES"),
-    ("YES", "CT", True, None),
-    (None, "US", False, "may carry burned-in text"),
-    ("NO", "US", False, None),
-    (None, "CT", False, None),
-])
+@pytest.mark.parametrize(
+    "flag,modality,allowed,expect",
+    [
+        ("YES", "CT", False, "BurnedInAnnotation is YES"),
+        ("YES", "CT", True, None),
+        (None, "US", False, "may carry burned-in text"),
+        ("NO", "US", False, None),
+        (None, "CT", False, None),
+    ],
+)
 def test_burned_in_annotation_gate(tmp_path, helpers, flag, modality, allowed, expect):
     ds = pydicom.dcmread(pydicom_dir() / "CT_small.dcm")
     ds.Modality = modality

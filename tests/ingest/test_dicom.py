@@ -25,7 +25,7 @@ def reference(ds: pydicom.Dataset, arr: np.ndarray, modality: str) -> np.ndarray
     MONOCHROME1 inverted, uint8."""
     pi = ds.PhotometricInterpretation
     if arr.ndim == 3 and arr.shape[-1] == 3:
-        return np.rint(arr / float(2 ** ds.BitsStored - 1) * 255).astype(np.uint8)
+        return np.rint(arr / float(2**ds.BitsStored - 1) * 255).astype(np.uint8)
     x = arr.astype(np.float64) * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
     wc, ww = ds.get("WindowCenter"), ds.get("WindowWidth")
     if modality == "ct":
@@ -57,8 +57,9 @@ def test_every_dicom_file_is_converted_or_rejected_and_matches_reference(tmp_pat
     files = all_dicom_files()
     assert len(files) > 150, "pydicom and pydicom-data test files are installed"
     out = tmp_path / "out"
-    summary = helpers.convert([pydicom_dir(), pydicom_data_dir()], out, codec="png", max_side=0,
-                              allow_burned_in=True, workers=2)
+    summary = helpers.convert(
+        [pydicom_dir(), pydicom_data_dir()], out, codec="png", max_side=0, allow_burned_in=True, workers=2
+    )
     samples = helpers.read(out)
     assert summary["images"] == len(samples) > 40
     by_uid = {s["uid"]: s for s in samples}
@@ -85,9 +86,13 @@ def test_every_dicom_file_is_converted_or_rejected_and_matches_reference(tmp_pat
     assert compared >= 20
     # Each deliberately broken file is rejected for what is wrong with it (bad_sequence.dcm's pixels and
     # modality read fine: it converts, and the loop above saw it).
-    why = {"no_meta.dcm": "not a valid DICOM file", "MR_truncated.dcm": "cannot decode pixel data",
-           "rtplan_truncated.dcm": "holds no image", "badVR.dcm": "RTDOSE has no unimed modality",
-           "emri_small_jpeg_2k_lossless_too_short.dcm": "cannot decode pixel data"}
+    why = {
+        "no_meta.dcm": "not a valid DICOM file",
+        "MR_truncated.dcm": "cannot decode pixel data",
+        "rtplan_truncated.dcm": "holds no image",
+        "badVR.dcm": "RTDOSE has no unimed modality",
+        "emri_small_jpeg_2k_lossless_too_short.dcm": "cannot decode pixel data",
+    }
     assert set(why) | {"bad_sequence.dcm"} == set(BROKEN_DICOM)
     for name, fragment in why.items():
         hits = [str(f) for f in files if f.name == name]
@@ -100,10 +105,25 @@ def test_every_dicom_file_is_converted_or_rejected_and_matches_reference(tmp_pat
 
 
 LOSSLESS = [
-    ("MR_small.dcm", ["MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm",
-                      "MR_small_bigendian.dcm", "MR_small_implicit.dcm"]),
-    ("emri_small.dcm", ["emri_small_RLE.dcm", "emri_small_jpeg_2k_lossless.dcm", "emri_small_jpeg_ls_lossless.dcm",
-                        "emri_small_big_endian.dcm"]),
+    (
+        "MR_small.dcm",
+        [
+            "MR_small_RLE.dcm",
+            "MR_small_jpeg_ls_lossless.dcm",
+            "MR_small_jp2klossless.dcm",
+            "MR_small_bigendian.dcm",
+            "MR_small_implicit.dcm",
+        ],
+    ),
+    (
+        "emri_small.dcm",
+        [
+            "emri_small_RLE.dcm",
+            "emri_small_jpeg_2k_lossless.dcm",
+            "emri_small_jpeg_ls_lossless.dcm",
+            "emri_small_big_endian.dcm",
+        ],
+    ),
     ("MR2_UNCR.dcm", ["MR2_J2KR.dcm"]),
     ("RG3_UNCR.dcm", ["RG3_J2KR.dcm"]),
     ("US1_UNCR.dcm", ["US1_J2KR.dcm"]),
@@ -130,8 +150,10 @@ def test_lossless_transfer_syntaxes_decode_identically(base, variants):
             assert np.array_equal(a.pixels, b.pixels), v
 
 
-@pytest.mark.parametrize("base,lossy", [("SC_rgb.dcm", "SC_rgb_jpeg_dcmtk.dcm"), ("MR2_UNCI.dcm", "MR2_J2KI.dcm"),
-                                        ("SC_rgb.dcm", "SC_rgb_jpeg_gdcm.dcm")])
+@pytest.mark.parametrize(
+    "base,lossy",
+    [("SC_rgb.dcm", "SC_rgb_jpeg_dcmtk.dcm"), ("MR2_UNCI.dcm", "MR2_J2KI.dcm"), ("SC_rgb.dcm", "SC_rgb_jpeg_gdcm.dcm")],
+)
 def test_lossy_transfer_syntaxes_decode_close(base, lossy):
     (a,) = _items(_find(base), modality="other", allow_burned_in=True)[:1]
     (b,) = _items(_find(lossy), modality="other", allow_burned_in=True)[:1]

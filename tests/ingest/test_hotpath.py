@@ -90,8 +90,12 @@ def test_fast_header_reader_matches_pydicom_on_every_test_file():
 def test_fast_header_reader_refuses_what_it_does_not_know(tmp_path):
     src = next(f for f in all_dicom_files() if f.name == "CT_small.dcm")
     data = src.read_bytes()
-    for name, blob in {"cut": data[:2000], "no_preamble": data[132:], "garbage": os.urandom(4000),
-                       "pixels_cut": data[:-300]}.items():  # the pixels end 138 bytes before the file
+    for name, blob in {
+        "cut": data[:2000],
+        "no_preamble": data[132:],
+        "garbage": os.urandom(4000),
+        "pixels_cut": data[:-300],
+    }.items():  # the pixels end 138 bytes before the file
         (tmp_path / name).write_bytes(blob)
         assert read_header(str(tmp_path / name)) is None, name
     with pytest.raises(KeyError, match="does not read"):
@@ -119,8 +123,9 @@ def test_fast_path_and_pydicom_path_give_the_same_dataset(tmp_path, helpers):
     for f in all_dicom_files():
         if f.stat().st_size < 3_000_000:
             (folder / f"{f.parent.name}_{f.name}").write_bytes(f.read_bytes())
-    (folder / "cut.dcm").write_bytes((folder / "pydicom_CT_small.dcm").read_bytes()[:-300]
-                                     if (folder / "pydicom_CT_small.dcm").exists() else b"")
+    (folder / "cut.dcm").write_bytes(
+        (folder / "pydicom_CT_small.dcm").read_bytes()[:-300] if (folder / "pydicom_CT_small.dcm").exists() else b""
+    )
     fast, slow = tmp_path / "fast", tmp_path / "slow"
     _convert(helpers, [folder], fast, codec="png", max_side=0, workers=2)
     _convert(helpers, [folder], slow, {"UNIMED_DICOM_READER": "pydicom"}, codec="png", max_side=0, workers=2)
@@ -142,8 +147,10 @@ def test_windows_come_from_one_cached_table_equal_to_the_per_slice_table():
         arr = rng.integers(0, 4096, (32, 48)).astype(np.uint16)
         got, meta = dicom_frame_to_display(arr, ds, 0, "ct", opts)
         hu = arr.astype(np.float32) - 1024
-        want = np.stack([intensity.to_uint(intensity.apply_window(hu, c, w)) for c, w in
-                         intensity.parse_windows(opts.window)], axis=-1)
+        want = np.stack(
+            [intensity.to_uint(intensity.apply_window(hu, c, w)) for c, w in intensity.parse_windows(opts.window)],
+            axis=-1,
+        )
         assert got.shape == (32, 48, 3) and np.array_equal(got, want)
     assert len(intensity._TABLES) == 1  # one table for the three slices
 
@@ -154,7 +161,7 @@ def test_fast_jpeg_encoders_and_pillow_decode_to_close_pixels(shape, fast):
     from PIL import Image
 
     pytest.importorskip(fast)
-    y, x = np.mgrid[0:shape[0], 0:shape[1]]
+    y, x = np.mgrid[0 : shape[0], 0 : shape[1]]
     rng = np.random.default_rng(0)
     img = np.clip(x * 1.5 + y + 40 * np.sin(x / 9.0) + rng.normal(0, 4, x.shape), 0, 255).astype(np.uint8)
     if len(shape) == 3:
@@ -246,8 +253,9 @@ def test_worker_rejects_reach_the_parent_before_the_run_ends(tmp_path):
     lines: list[str] = []
     from unimed.ingest.convert import ConvertConfig, convert
 
-    summary = convert(ConvertConfig(inputs=[str(folder)], out=str(tmp_path / "out"), workers=2, progress=False),
-                      echo=lines.append)
+    summary = convert(
+        ConvertConfig(inputs=[str(folder)], out=str(tmp_path / "out"), workers=2, progress=False), echo=lines.append
+    )
     assert summary["images"] == 30 and summary["chunks"] >= 8
     assert len([ln for ln in lines if ln.startswith("reject ")]) == 1
 

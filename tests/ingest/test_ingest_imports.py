@@ -39,8 +39,13 @@ print(json.dumps(seen))
 def test_ingest_commands_never_import_unimed_streaming(tmp_path):
     write_ct_series(tmp_path / "in", 8, size=32)
     env = {**os.environ, "PYTHONPATH": ROOT, "UNIMED_UID_KEY": "unimed-test-key-0123456789abcdef0123"}
-    proc = subprocess.run([sys.executable, "-c", CODE, str(tmp_path / "in"), str(tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", CODE, str(tmp_path / "in"), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen == {"convert, merge": [], "verify, inspect, split": []}

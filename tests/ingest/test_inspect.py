@@ -24,7 +24,7 @@ def test_pictures_go_beside_the_dataset_in_a_grid(tmp_path, helpers, capsys):
     with Image.open(info["sheet"]) as im:
         assert im.width <= 110 + COLS * TILE  # never one long strip
         assert im.height >= 3 * TILE
-        tile = np.asarray(im.convert("L"))[: TILE, 110: 110 + TILE]
+        tile = np.asarray(im.convert("L"))[:TILE, 110 : 110 + TILE]
     filled = (tile != 255).any(axis=0).sum()
     assert filled >= TILE - 16  # a 56-px-wide image fills its tile's width, not 56 px of it
     assert cli.main(["inspect", str(out)]) == 0 and "out.inspect" in capsys.readouterr().out

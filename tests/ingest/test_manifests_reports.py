@@ -67,20 +67,26 @@ def test_real_openi_reports_keep_findings_and_impression_only():
 
 
 def test_openi_placeholders_drop_their_sentence_and_fix_x_ray():
-    caps = report_captions("FINDINGS: Heart size normal. There are no XXXX of a pleural effusion. "
-                           "IMPRESSION: Normal chest x-XXXX.")
+    caps = report_captions(
+        "FINDINGS: Heart size normal. There are no XXXX of a pleural effusion. IMPRESSION: Normal chest x-XXXX."
+    )
     assert caps[0] == "Heart size normal. Normal chest x-ray."
 
 
 def test_sections_and_template_noise():
-    text = ("FINAL REPORT\nEXAMINATION: CHEST (PA AND LAT)\nINDICATION: ___F with cough\n"
-            "FINDINGS:   Lungs are clear.\n\n  No effusion.\nIMPRESSION: No acute process.\n"
-            "I have personally reviewed the images for this examination.\n"
-            "Electronically signed by: Jones, Mary on 2020-01-02")
+    text = (
+        "FINAL REPORT\nEXAMINATION: CHEST (PA AND LAT)\nINDICATION: ___F with cough\n"
+        "FINDINGS:   Lungs are clear.\n\n  No effusion.\nIMPRESSION: No acute process.\n"
+        "I have personally reviewed the images for this examination.\n"
+        "Electronically signed by: Jones, Mary on 2020-01-02"
+    )
     sections = split_sections(text)
     assert {"EXAMINATION", "INDICATION", "FINDINGS", "IMPRESSION"} <= set(sections)
-    assert report_captions(text) == ["Lungs are clear. No effusion. No acute process.",
-                                     "Lungs are clear. No effusion.", "No acute process."]
+    assert report_captions(text) == [
+        "Lungs are clear. No effusion. No acute process.",
+        "Lungs are clear. No effusion.",
+        "No acute process.",
+    ]
     assert report_captions("Small left pleural effusion.") == ["Small left pleural effusion."]
     assert report_captions("FINDINGS: XXXX XXXX. IMPRESSION: ___") == []
 
@@ -89,12 +95,16 @@ PLANTED = [
     ("Findings discussed with Dr. Gregory Houseman at 10:30 AM.", ["Gregory", "Houseman", "10:30"]),
     ("Called to nurse Kelly Brightwater, pager 555-123-4567.", ["Kelly", "Brightwater", "555-123-4567"]),
     ("Patient name: Jane Quinlan-Doe. MRN: 12345678. Accession # A1234567.", ["Quinlan", "12345678", "A1234567"]),
-    ("Compared with the study of 03/14/2021, 2019-02-01, March 3rd, 2018 and 5 Jan 2017.",
-     ["03/14/2021", "2019-02-01", "March 3rd", "2018", "Jan 2017"]),
+    (
+        "Compared with the study of 03/14/2021, 2019-02-01, March 3rd, 2018 and 5 Jan 2017.",
+        ["03/14/2021", "2019-02-01", "March 3rd", "2018", "Jan 2017"],
+    ),
     ("A 93-year-old man, aged 95; age: 101. The 45 year old sister.", ["93", "95", "101"]),
     ("Seen at Springfield General Hospital, 1234 Evergreen Terrace Road.", ["Springfield", "Evergreen"]),
-    ("Contact mary.jones@example.org or (555) 987-6543 ext 12; SSN 123-45-6789.",
-     ["mary.jones", "987-6543", "123-45-6789"]),
+    (
+        "Contact mary.jones@example.org or (555) 987-6543 ext 12; SSN 123-45-6789.",
+        ["mary.jones", "987-6543", "123-45-6789"],
+    ),
     ("Electronically signed by: Robert Paulson, MD", ["Robert", "Paulson"]),
     ("Mr. Brown was informed. Ms. Li agreed.", ["Brown", "Li "]),
 ]
@@ -108,8 +118,10 @@ def test_planted_phi_is_removed(text, phi):
 
 
 def test_scrubber_keeps_clinical_content():
-    text = ("A 45 year old woman. 5 mm nodule at T12-L1 in the right upper lobe. "
-            "Heart size is normal, cardiothoracic ratio 0.5. Patient is rotated. PA and lateral views.")
+    text = (
+        "A 45 year old woman. 5 mm nodule at T12-L1 in the right upper lobe. "
+        "Heart size is normal, cardiothoracic ratio 0.5. Patient is rotated. PA and lateral views."
+    )
     assert scrub(text) == text
 
 
@@ -126,8 +138,17 @@ def test_csv_jsonl_manifests_with_captions_reports_and_labels(tmp_path, helpers)
         fh.write("images/b.png,Chest radiograph with a right pleural effusion.,X-ray\n")
         fh.write("images/missing.png,A caption for a missing image.,ct\n")
     with open(data / "reports.jsonl", "w") as fh:
-        fh.write(json.dumps({"image": str(c), "report": "FINDINGS: Small effusion. IMPRESSION: Effusion.",
-                             "labels": ["Effusion"], "modality": "xray"}) + "\n")
+        fh.write(
+            json.dumps(
+                {
+                    "image": str(c),
+                    "report": "FINDINGS: Small effusion. IMPRESSION: Effusion.",
+                    "labels": ["Effusion"],
+                    "modality": "xray",
+                }
+            )
+            + "\n"
+        )
     summary = helpers.convert([data], tmp_path / "out")  # the folder: manifests and the images they list
     samples = {tuple(s["captions"][:1]): s for s in helpers.read(tmp_path / "out")}
     assert summary["images"] == 3 and summary["modality"] == {"ct": 1, "xray": 2}
@@ -145,8 +166,14 @@ def test_parquet_manifest_with_sectioned_report_columns(tmp_path, helpers):
     import pyarrow.parquet as pq
 
     _png(tmp_path / "cxr" / "s1.png", 1)
-    table = pa.table({"image": ["s1.png"], "findings": ["No effusion. Called Dr. Kim at 10:15."],
-                      "impression": ["Normal."], "modality": ["xray"]})
+    table = pa.table(
+        {
+            "image": ["s1.png"],
+            "findings": ["No effusion. Called Dr. Kim at 10:15."],
+            "impression": ["Normal."],
+            "modality": ["xray"],
+        }
+    )
     pq.write_table(table, tmp_path / "cxr" / "mimic.parquet")
     helpers.convert([tmp_path / "cxr" / "mimic.parquet"], tmp_path / "out")
     (s,) = helpers.read(tmp_path / "out")
@@ -159,8 +186,9 @@ def test_dicom_image_in_a_manifest_goes_through_the_dicom_path(tmp_path, helpers
     plant(pydicom_dir() / "CT_small.dcm", src / "ct.dcm")
     plant(pydicom_data_dir() / "US1_UNCR.dcm", src / "us.dcm")  # no BurnedInAnnotation NO: gated
     with open(src / "m.csv", "w") as fh:
-        fh.write("image,report\nct.dcm,FINDINGS: Liver lesion. Patient name: Zyxwv Plantedname.\n"
-                 "us.dcm,Thyroid nodule.\n")
+        fh.write(
+            "image,report\nct.dcm,FINDINGS: Liver lesion. Patient name: Zyxwv Plantedname.\nus.dcm,Thyroid nodule.\n"
+        )
     helpers.convert([src / "m.csv"], tmp_path / "out")
     (s,) = helpers.read(tmp_path / "out")
     assert s["modality"] == "ct" and s["captions"][0] == "Liver lesion. ___."

@@ -27,8 +27,9 @@ def _key_file(folder, key):
 def _convert(src, out, key_file, **kw):
     from unimed.ingest.convert import ConvertConfig, convert
 
-    cfg = ConvertConfig(inputs=[str(src)], out=str(out), chunk_mb=0.02, uid_key_file=str(key_file), progress=False,
-                        **kw)
+    cfg = ConvertConfig(
+        inputs=[str(src)], out=str(out), chunk_mb=0.02, uid_key_file=str(key_file), progress=False, **kw
+    )
     return convert(cfg, echo=lambda s: None)
 
 
@@ -85,7 +86,8 @@ def test_two_parts_merged_equal_one_part(job, helpers, tmp_path, capsys):
     # The plan-time reject (written by part 0 only) is kept, by uid in the dataset, with its path in the report.
     assert helpers.dataset_rejects(merged) == helpers.dataset_rejects(job["whole"])
     assert [r["reason"] for r in helpers.dataset_rejects(merged)] == [
-        r["reason"] for r in helpers.dataset_rejects(job["whole"])] and len(helpers.dataset_rejects(merged)) == 1
+        r["reason"] for r in helpers.dataset_rejects(job["whole"])
+    ] and len(helpers.dataset_rejects(merged)) == 1
     assert helpers.rejects(merged) == helpers.rejects(job["whole"])
     assert helpers.rejects(merged)[0]["path"].endswith("notes.txt")
     summary = json.loads((merged / "summary.json").read_text())

@@ -49,8 +49,9 @@ def test_window_spec_helpers():
 
 
 @pytest.mark.parametrize("window", ["lung,mediastinum,bone", "40:400"])
-@pytest.mark.parametrize("name,modality,file_window", [("MR_small.dcm", "mri", [600.0, 1600.0]),
-                                                       ("RG3_UNCR.dcm", "xray", [550.0, 1024.0])])
+@pytest.mark.parametrize(
+    "name,modality,file_window", [("MR_small.dcm", "mri", [600.0, 1600.0]), ("RG3_UNCR.dcm", "xray", [550.0, 1024.0])]
+)
 def test_hounsfield_window_is_ignored_for_non_ct(window, name, modality, file_window):
     path = pydicom_dir() / name if (pydicom_dir() / name).is_file() else pydicom_data_dir() / name
     (auto,) = _items(path, allow_burned_in=True)

@@ -51,9 +51,11 @@ def patients(tmp_path_factory):
     """Patient folders: pydicom's CT and MR, a truncated copy of that MR (the same SOP instance: a
     reject), two synthetic CT series."""
     root = tmp_path_factory.mktemp("patients")
-    for folder, name in (("PT-0001 Doe^John/CT 2019-03-02", "CT_small.dcm"),
-                         ("PT-0002 Roe^Jane/MR head", "MR_small.dcm"),
-                         ("PT-0003 Smith^Ann/MR", "MR_truncated.dcm")):
+    for folder, name in (
+        ("PT-0001 Doe^John/CT 2019-03-02", "CT_small.dcm"),
+        ("PT-0002 Roe^Jane/MR head", "MR_small.dcm"),
+        ("PT-0003 Smith^Ann/MR", "MR_truncated.dcm"),
+    ):
         (root / folder).mkdir(parents=True)
         shutil.copy(pydicom_dir() / name, root / folder / name)
     write_ct_series(root / "PT-0004 Lee^Kim" / "CT chest", 14, size=64, seed=1)
@@ -63,10 +65,12 @@ def patients(tmp_path_factory):
 
 def _cli(*args: str, timeout: float = 240) -> tuple[int, list[str], str]:
     """Run ``ingest`` in its own process; its exit code, the heavy modules it loaded, its stderr."""
-    code = ("import sys, json\nfrom unimed.ingest import cli\n"
-            f"rc = cli.main({list(args)!r})\n"
-            "print(json.dumps([rc, sorted({m.split('.')[0] for m in sys.modules} & "
-            "{'torch', 'transformers', 'streaming', 'composer', 'ray'})]))\n")
+    code = (
+        "import sys, json\nfrom unimed.ingest import cli\n"
+        f"rc = cli.main({list(args)!r})\n"
+        "print(json.dumps([rc, sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'torch', 'transformers', 'streaming', 'composer', 'ray'})]))\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.stdout.strip(), proc.stderr
     rc, heavy = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -83,7 +87,7 @@ def _tree(out: Path) -> dict[str, bytes]:
     for base in (out, Path(f"{out}.report")):
         for p in sorted(base.rglob("*")):
             if p.is_file() and p.name not in RUN_FILES:
-                files[f"{base.name[len(out.name):]}/{p.relative_to(base)}"] = p.read_bytes()
+                files[f"{base.name[len(out.name) :]}/{p.relative_to(base)}"] = p.read_bytes()
     return files
 
 
@@ -140,8 +144,11 @@ def _kill_a_chunk_task_midway(proc: subprocess.Popen, out: Path, timeout: float 
             listed = time.monotonic()
         for pid in workers:
             title = _title(pid)
-            if title.startswith("ray::unimed-chunk ") and any((out / f"{title.split()[-1]}.tmp").glob("shard.*")) \
-                    and _title(pid) == title:
+            if (
+                title.startswith("ray::unimed-chunk ")
+                and any((out / f"{title.split()[-1]}.tmp").glob("shard.*"))
+                and _title(pid) == title
+            ):
                 os.kill(pid, signal.SIGKILL)  # the worker dies mid-chunk, as under an OOM killer
                 return title.split()[-1]
         time.sleep(0.0005)  # leave the two cores to Ray's workers
@@ -158,9 +165,13 @@ def test_a_chunk_task_killed_midway_is_retried_and_the_result_is_the_same(cluste
     assert rc == 0, stderr
     out = tmp_path / "ray"
     args = _convert(src, out, "--engine", "ray", "--address", cluster, *small)
-    proc = subprocess.Popen([sys.executable, "-c", f"from unimed.ingest import cli; raise SystemExit(cli.main({args!r}))"],
-                            env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", f"from unimed.ingest import cli; raise SystemExit(cli.main({args!r}))"],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     killed = _kill_a_chunk_task_midway(proc, out)
     partial = killed is not None and (out / f"{killed}.tmp").is_dir() and not (out / killed).exists()
     stdout, stderr = proc.communicate(timeout=240)
@@ -178,11 +189,12 @@ def test_without_ray_the_error_names_the_extra(tmp_path):
     src.mkdir()
     shutil.copy(pydicom_dir() / "CT_small.dcm", src)
     out = tmp_path / "out"
-    code = ("import sys\nsys.modules['ray'] = None  # import ray now fails, as where it is not installed\n"
-            "from unimed.ingest import cli\n"
-            f"raise SystemExit(cli.main({_convert(src, out, '--engine', 'ray')!r}))")
-    proc = subprocess.run([sys.executable, "-c", code], env=_env(),
-                          capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys\nsys.modules['ray'] = None  # import ray now fails, as where it is not installed\n"
+        "from unimed.ingest import cli\n"
+        f"raise SystemExit(cli.main({_convert(src, out, '--engine', 'ray')!r}))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["ingest: error: --engine ray needs Ray: pip install 'unimed[ray]'"]
     assert not out.exists()
@@ -220,5 +232,6 @@ def test_a_chunk_run_again_keeps_its_finished_folder_or_starts_clean(patients, t
     (out / f"{spec.name}.tmp" / "shard.00000.mds.zstd").write_bytes(b"partial")
     redone, _, files_redone = run()
     assert redone["images"] == 30 and not (out / f"{spec.name}.tmp").exists()
-    assert {k: v for k, v in files_redone.items() if k != "done.json"} == \
-        {k: v for k, v in files.items() if k != "done.json"}
+    assert {k: v for k, v in files_redone.items() if k != "done.json"} == {
+        k: v for k, v in files.items() if k != "done.json"
+    }

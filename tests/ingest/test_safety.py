@@ -38,9 +38,29 @@ HEADER = {
     "StudyDescription": "Study for O'BRIEN MRN4455",
 }
 NON_CODED_MODALITY = "OBRIEN SCAN"
-LONG_NEEDLES = ["DOE_JOHN", "MRN12345", "2024-03-01", "IM0001", "IM0003", "SMITH_JANE", "19230405", "KOWALSKI",
-                "778899", "O'BRIEN", "BRIEN MRN4455", "MRN4455", "QUOTED", "7731", "Backslash", "St. Mary",
-                NON_CODED_MODALITY, "OBRIENSCAN", "MERCY_ISSUER", "5521", HEADER["StudyInstanceUID"]]
+LONG_NEEDLES = [
+    "DOE_JOHN",
+    "MRN12345",
+    "2024-03-01",
+    "IM0001",
+    "IM0003",
+    "SMITH_JANE",
+    "19230405",
+    "KOWALSKI",
+    "778899",
+    "O'BRIEN",
+    "BRIEN MRN4455",
+    "MRN4455",
+    "QUOTED",
+    "7731",
+    "Backslash",
+    "St. Mary",
+    NON_CODED_MODALITY,
+    "OBRIENSCAN",
+    "MERCY_ISSUER",
+    "5521",
+    HEADER["StudyInstanceUID"],
+]
 SHORT_NEEDLES = ["doe", "john", "smith", "jane", "brien", "mary", "kowalski"]
 
 
@@ -93,8 +113,7 @@ def _assert_clean(blob: bytes, text: str, root: Path) -> None:
 def test_no_path_name_or_free_text_reaches_the_dataset(tmp_path, helpers, capfd, modality):
     root = _archive(tmp_path)
     out = tmp_path / "out"
-    rc = cli.main(["convert", str(root), "--out", str(out), "--workers", "2", "--no-progress",
-                   "--modality", modality])
+    rc = cli.main(["convert", str(root), "--out", str(out), "--workers", "2", "--no-progress", "--modality", modality])
     assert rc == 0
     printed = "".join(capfd.readouterr())
     samples = helpers.read(out)
@@ -128,11 +147,13 @@ def test_no_path_name_or_free_text_reaches_the_dataset(tmp_path, helpers, capfd,
 
 
 def test_safe_reason_keeps_only_allow_listed_words():
-    for exc in (ValueError("Invalid value 'O'BRIEN MRN4455' for PN"),
-                ValueError('bad "SMITH^JOHN" and \'x\''),
-                ValueError("Invalid value O'BRIEN MRN4455 for PN"),
-                OSError("cannot read /data/DOE_JOHN_MRN12345/IM0001.dcm: truncated"),
-                ValueError("value SMITH\\JOHN 12345 is not valid")):
+    for exc in (
+        ValueError("Invalid value 'O'BRIEN MRN4455' for PN"),
+        ValueError("bad \"SMITH^JOHN\" and 'x'"),
+        ValueError("Invalid value O'BRIEN MRN4455 for PN"),
+        OSError("cannot read /data/DOE_JOHN_MRN12345/IM0001.dcm: truncated"),
+        ValueError("value SMITH\\JOHN 12345 is not valid"),
+    ):
         reason = safe_reason(exc)
         for needle in ("BRIEN", "4455", "SMITH", "JOHN", "DOE", "12345", "IM0001", "/data"):
             assert needle not in reason, (exc, reason)
@@ -199,8 +220,9 @@ def test_tiff_like_preamble_gives_no_library_noise(tmp_path, helpers, capfd):
     write_ct_series(src, 6, size=64)
     for f in sorted(src.glob("*.dcm")):
         ds = pydicom.dcmread(f)
-        ds.preamble = (b"II*\x00" + struct.pack("<IH", 8, 1) + b"\x00\x01\x03\x00\x01\x00\x00\x00\x10\x00"
-                       ).ljust(128, b"\x00")  # a TIFF header: tifffile would complain about it
+        ds.preamble = (b"II*\x00" + struct.pack("<IH", 8, 1) + b"\x00\x01\x03\x00\x01\x00\x00\x00\x10\x00").ljust(
+            128, b"\x00"
+        )  # a TIFF header: tifffile would complain about it
         ds.save_as(f)
     assert helpers.convert([src], tmp_path / "out")["images"] == 6
     assert "tifffile" not in "".join(capfd.readouterr())
@@ -230,8 +252,20 @@ def test_sigkill_of_the_parent_alone_then_resume_at_once(tmp_path, helpers):
     ref = tmp_path / "ref"
     helpers.convert([series], ref, chunk_mb=0.05)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "unimed.ingest.cli", "convert", str(series), "--out", str(out),
-           "--chunk-mb", "0.05", "--no-progress", "--workers", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "unimed.ingest.cli",
+        "convert",
+        str(series),
+        "--out",
+        str(out),
+        "--chunk-mb",
+        "0.05",
+        "--no-progress",
+        "--workers",
+        "2",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -248,8 +282,9 @@ def test_sigkill_of_the_parent_alone_then_resume_at_once(tmp_path, helpers):
     key = lambda s: s["uid"]  # noqa: E731
     want = sorted(helpers.read(ref), key=key)
     got = sorted(helpers.read(out), key=key)
-    assert [(s["uid"], s["image"], s["captions"], s["meta"]) for s in got] == \
-        [(s["uid"], s["image"], s["captions"], s["meta"]) for s in want]
+    assert [(s["uid"], s["image"], s["captions"], s["meta"]) for s in got] == [
+        (s["uid"], s["image"], s["captions"], s["meta"]) for s in want
+    ]
 
 
 def _small_disk(tmp_path: Path) -> Path | None:
@@ -257,8 +292,10 @@ def _small_disk(tmp_path: Path) -> Path | None:
     mnt.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
         return None
-    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mnt)],
-                        capture_output=True).returncode == 0
+    ok = (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mnt)], capture_output=True).returncode
+        == 0
+    )
     return mnt if ok else None
 
 
@@ -274,11 +311,17 @@ def test_a_full_disk_is_one_line_and_never_a_partial_index(tmp_path, capfd):
             err = capfd.readouterr().err
         else:  # no tmpfs here: a file size limit gives the same kind of write error
             out = tmp_path / "out"
-            code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-                    "resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000)); "
-                    "from unimed.ingest import cli; sys.exit(cli.main(sys.argv[1:]))")
-            res = subprocess.run([sys.executable, "-c", code, *args, "--out", str(out)], capture_output=True,
-                                 text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            code = (
+                "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+                "resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000)); "
+                "from unimed.ingest import cli; sys.exit(cli.main(sys.argv[1:]))"
+            )
+            res = subprocess.run(
+                [sys.executable, "-c", code, *args, "--out", str(out)],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
             rc, err = res.returncode, res.stderr
         assert rc == 2
         lines = [ln for ln in err.splitlines() if ln.strip()]

@@ -30,8 +30,19 @@ def _uids(helpers, out):
 
 
 def _cmd(series, out, *extra):
-    return [sys.executable, "-m", "unimed.ingest.cli", "convert", str(series), "--out", str(out),
-            "--chunk-mb", "0.05", "--no-progress", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "unimed.ingest.cli",
+        "convert",
+        str(series),
+        "--out",
+        str(out),
+        "--chunk-mb",
+        "0.05",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_workers_give_the_same_samples(tmp_path, helpers, series):
@@ -58,8 +69,9 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path, helpers, s
     for i in range(3):
         args = _cmd(series, out, "--workers", "2") + (["--resume"] if i else [])
         before = complete()
-        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         while proc.poll() is None and complete() <= before:  # killed once this run has finished a chunk
             time.sleep(0.001)
         if proc.poll() is None:

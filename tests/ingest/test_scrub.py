@@ -31,13 +31,22 @@ MISSES = [  # the cases the pattern-only scrubber let through
     ("Wife Oluwaseun at the bedside was updated.", ["Oluwaseun"], ["Wife", "bedside"]),
     ("Mary Wilson, 92 yo, with chest pain.", ["Mary", "Wilson", "92"], ["chest", "pain"]),
     ("Images pushed from 10.2.3.4 and 2001:db8:85a3::8a2e:370:7334.", ["10.2", "2001", "7334"], ["Images"]),
-    ("Medicare number 1EG4-TE5-MK73; license plate 7ABC123; VIN 1HGCM82633A004352.",
-     ["1EG4", "MK73", "7ABC123", "1HGCM"], ["Medicare", "plate", "VIN"]),
+    (
+        "Medicare number 1EG4-TE5-MK73; license plate 7ABC123; VIN 1HGCM82633A004352.",
+        ["1EG4", "MK73", "7ABC123", "1HGCM"],
+        ["Medicare", "plate", "VIN"],
+    ),
     ("Pacemaker serial number PJN123456; specimen S21-04512.", ["PJN123456", "S21", "04512"], ["Pacemaker"]),
-    ("Home address 221B Baker Street, Apt 4B; PO Box 1123; ZIP 02114-2696.",
-     ["221B", "Baker", "4B", "1123", "02114", "2696"], ["Home", "address"]),
-    ("Compared with 03/14/2021, 3/14, Sept. 26, the 3rd of March and Christmas Day 2019.",
-     ["03/14", "3/14", "26", "3rd", "March", "Christmas", "2019"], ["Compared"]),
+    (
+        "Home address 221B Baker Street, Apt 4B; PO Box 1123; ZIP 02114-2696.",
+        ["221B", "Baker", "4B", "1123", "02114", "2696"],
+        ["Home", "address"],
+    ),
+    (
+        "Compared with 03/14/2021, 3/14, Sept. 26, the 3rd of March and Christmas Day 2019.",
+        ["03/14", "3/14", "26", "3rd", "March", "Christmas", "2019"],
+        ["Compared"],
+    ),
 ]
 
 
@@ -81,14 +90,19 @@ def test_scrub_removes_exactly_the_spans():
 
 
 def test_findings_mode_keeps_only_clinical_sentences():
-    text = ("There is a 5 mm nodule in the right upper lobe. Findings discussed with Maria Garcia. "
-            "Mild degenerative changes at C5-6 and T12. Compared with 03/14/2021. Gleason score 3+4=7.")
-    assert clean_text(text, mode="findings") == ("There is a 5 mm nodule in the right upper lobe. "
-                                                 "Mild degenerative changes at C5-6 and T12. Gleason score 3+4=7.")
+    text = (
+        "There is a 5 mm nodule in the right upper lobe. Findings discussed with Maria Garcia. "
+        "Mild degenerative changes at C5-6 and T12. Compared with 03/14/2021. Gleason score 3+4=7."
+    )
+    assert clean_text(text, mode="findings") == (
+        "There is a 5 mm nodule in the right upper lobe. "
+        "Mild degenerative changes at C5-6 and T12. Gleason score 3+4=7."
+    )
     assert clean_text("Patient John Smith, 45 year old.", mode="findings") == ""
     assert clean_text("A 93 yo woman. No pneumothorax.", mode="findings") == "No pneumothorax."
-    caps = report_captions("FINDINGS: Lungs are clear. Called to Dr. Kim at 10:15. IMPRESSION: No acute process.",
-                           mode="findings")
+    caps = report_captions(
+        "FINDINGS: Lungs are clear. Called to Dr. Kim at 10:15. IMPRESSION: No acute process.", mode="findings"
+    )
     assert caps == ["Lungs are clear. No acute process.", "Lungs are clear.", "No acute process."]
     with pytest.raises(ValueError, match="findings"):
         clean_text("Lungs are clear.", mode="strict")
@@ -110,8 +124,25 @@ def test_planted_corpus_meets_the_goals():
     figs = phi_corpus.score(phi, clinical)
     recall = figs["recall"]
     assert recall["name"] >= 0.99, figs["missed"]
-    for cat in ("date", "phone", "fax", "email", "ssn", "mrn", "health_plan", "account", "license", "vehicle",
-                "device", "url", "ip", "other_id", "address", "zip", "age"):
+    for cat in (
+        "date",
+        "phone",
+        "fax",
+        "email",
+        "ssn",
+        "mrn",
+        "health_plan",
+        "account",
+        "license",
+        "vehicle",
+        "device",
+        "url",
+        "ip",
+        "other_id",
+        "address",
+        "zip",
+        "age",
+    ):
         assert recall[cat] == 1.0, (cat, [m for m in figs["missed"]])
     assert min(figs["findings_recall"].values()) >= 0.99
     assert figs["clinical_words_lost"] <= 0.05

@@ -38,11 +38,16 @@ def test_cli_defaults_are_the_dataclass_defaults():
             assert got == want or (got is None and f.name in cli._UNSET), f.name
 
 
-@pytest.mark.parametrize("cls,name,value,flag", [(WriteOptions, "quality", 77, "--quality"),
-                                                 (WriteOptions, "compression", "zstd:5", "--compression"),
-                                                 (Options, "tile_size", 384, "--tile-size"),
-                                                 (Options, "modality", "xray", "--modality"),
-                                                 (ConvertConfig, "workers", 3, "--workers")])
+@pytest.mark.parametrize(
+    "cls,name,value,flag",
+    [
+        (WriteOptions, "quality", 77, "--quality"),
+        (WriteOptions, "compression", "zstd:5", "--compression"),
+        (Options, "tile_size", 384, "--tile-size"),
+        (Options, "modality", "xray", "--modality"),
+        (ConvertConfig, "workers", 3, "--workers"),
+    ],
+)
 def test_changing_a_dataclass_default_changes_the_cli_default(monkeypatch, cls, name, value, flag):
     monkeypatch.setattr(cls.__dataclass_fields__[name], "default", value)
     p = cli.build_parser()._subparsers._group_actions[0].choices["convert"]
@@ -53,10 +58,16 @@ def test_changing_a_dataclass_default_changes_the_cli_default(monkeypatch, cls, 
 
 
 def test_flat_keywords_are_the_nested_config():
-    flat = ConvertConfig(inputs=["a"], out="o", quality=70, tile_size=512, captions=["b.yaml"], workers=2,
-                         modality="ct")
-    nested = ConvertConfig(["a"], "o", read=Options(tile_size=512, modality="ct"),
-                           write=WriteOptions(quality=70, banks=["b.yaml"]), workers=2)
+    flat = ConvertConfig(
+        inputs=["a"], out="o", quality=70, tile_size=512, captions=["b.yaml"], workers=2, modality="ct"
+    )
+    nested = ConvertConfig(
+        ["a"],
+        "o",
+        read=Options(tile_size=512, modality="ct"),
+        write=WriteOptions(quality=70, banks=["b.yaml"]),
+        workers=2,
+    )
     assert flat == nested
     assert flat.quality == flat.write.quality == 70 and flat.captions == ["b.yaml"] and flat.modality == "ct"
     flat.quality = 60  # a flat name writes through to the nested options

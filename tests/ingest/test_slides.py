@@ -101,16 +101,22 @@ def test_100k_slide_converts_with_bounded_memory(tmp_path):
     big = write_slide(tmp_path / "big.tif", 100_000, 100_000, levels=7, mpp=0.25, blobs=blobs)
     peaks = {}
     for name, path in (("small", small), ("big", big)):
-        out = subprocess.run([sys.executable, "-c", _MEASURE, str(path), str(tmp_path / f"out_{name}")],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _MEASURE, str(path), str(tmp_path / f"out_{name}")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         peaks[name] = json.loads(out.stdout.strip().splitlines()[-1])
     assert peaks["big"]["images"] >= 10
     growth_big = peaks["big"]["peak_kb"] - peaks["big"]["base_kb"]
     growth_small = peaks["small"]["peak_kb"] - peaks["small"]["base_kb"]
     assert growth_big < growth_small + 80 * 1024, peaks  # does not grow with the slide (100x the area)
     assert growth_big < 300 * 1024, peaks
-    print(f"peak RSS growth while converting: 10k slide {growth_small / 1024:.0f} MB, "
-          f"100k slide {growth_big / 1024:.0f} MB")
+    print(
+        f"peak RSS growth while converting: 10k slide {growth_small / 1024:.0f} MB, "
+        f"100k slide {growth_big / 1024:.0f} MB"
+    )
 
 
 def _dicom_wsi(path, tiles_x: int = 4, tiles_y: int = 3, tile: int = 64, image_type=("ORIGINAL", "PRIMARY", "VOLUME")):
@@ -122,10 +128,18 @@ def _dicom_wsi(path, tiles_x: int = 4, tiles_y: int = 3, tile: int = 64, image_t
     rng = np.random.default_rng(0)
     width, height = tiles_x * tile, tiles_y * tile
     full = np.full((height, width, 3), 250, np.uint8)
-    tissue = np.stack([rng.integers(150, 230, (height, width // 2)), rng.integers(40, 120, (height, width // 2)),
-                       rng.integers(120, 200, (height, width // 2))], axis=-1).astype(np.uint8)
+    tissue = np.stack(
+        [
+            rng.integers(150, 230, (height, width // 2)),
+            rng.integers(40, 120, (height, width // 2)),
+            rng.integers(120, 200, (height, width // 2)),
+        ],
+        axis=-1,
+    ).astype(np.uint8)
     full[:, : width // 2] = tissue
-    frames = [full[ty * tile:(ty + 1) * tile, tx * tile:(tx + 1) * tile] for ty in range(tiles_y) for tx in range(tiles_x)]
+    frames = [
+        full[ty * tile : (ty + 1) * tile, tx * tile : (tx + 1) * tile] for ty in range(tiles_y) for tx in range(tiles_x)
+    ]
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = VLWholeSlideMicroscopyImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -168,7 +182,7 @@ def test_dicom_whole_slide_tiles(tmp_path, helpers):
     for s in samples:
         x, y = s["meta"]["tile_x"], s["meta"]["tile_y"]
         assert x < 128
-        assert np.array_equal(helpers.decode(s), full[y:y + 64, x:x + 64])
+        assert np.array_equal(helpers.decode(s), full[y : y + 64, x : x + 64])
     assert b"Planted" not in b"".join(p.read_bytes() for p in out.rglob("*.json*"))
     # The cap on tiles per slide keeps a stable random subset.
     capped = tmp_path / "capped"
@@ -187,8 +201,10 @@ def _small_pyramid(path, *, bigtiff: bool, byteorder: str) -> None:
         tif.write(ihc[::2, ::2], tile=(128, 128), compression="jpeg", photometric="rgb", subfiletype=1)
 
 
-@pytest.mark.parametrize(("bigtiff", "byteorder", "magic"), [
-    (False, "<", b"II*\x00"), (False, ">", b"MM\x00*"), (True, "<", b"II+\x00"), (True, ">", b"MM\x00+")])
+@pytest.mark.parametrize(
+    ("bigtiff", "byteorder", "magic"),
+    [(False, "<", b"II*\x00"), (False, ">", b"MM\x00*"), (True, "<", b"II+\x00"), (True, ">", b"MM\x00+")],
+)
 def test_a_tiled_tiff_without_a_slide_suffix_is_a_slide(tmp_path, bigtiff, byteorder, magic):
     """TIFF and BigTIFF in both byte orders, named ``slide_001`` and ``.dat``: the slide source, by magic bytes."""
     from unimed.ingest.sources import registry
@@ -239,7 +255,7 @@ def test_suffixless_dicom_whole_slide_goes_to_the_dicom_slide_reader(tmp_path, h
     assert len(samples) == 6 and {s["modality"] for s in samples} == {"pathology"}
     for s in samples:
         x, y = s["meta"]["tile_x"], s["meta"]["tile_y"]
-        assert np.array_equal(helpers.decode(s), full[y:y + 64, x:x + 64])
+        assert np.array_equal(helpers.decode(s), full[y : y + 64, x : x + 64])
 
 
 def test_slide_modules_do_not_import_each_other():

@@ -117,4 +117,3 @@ def test_without_force_no_warning(tmp_path, caplog):
         tasks, _ = plan(ConvertConfig(inputs=[str(folder)], out=str(tmp_path / "out")), Options(modality="xray"))
     assert [t.modality for t in tasks] == ["ct"]
     assert not [r for r in caplog.records if r.name == "unimed.ingest"]
-

@@ -61,8 +61,15 @@ def _archive(root: Path) -> dict[str, tuple[str, str, str]]:
     rng = np.random.default_rng(7)
     for p in range(N_PATIENTS):
         for st in range(2):
-            write_ct_series(root / "dicom" / _pid(p) / f"STUDY{st + 1}", int(rng.integers(1, 3)), size=32,
-                            seed=p * 2 + st, patient_id=_pid(p), issuer=ISSUER, names="IM{k:04d}.dcm")
+            write_ct_series(
+                root / "dicom" / _pid(p) / f"STUDY{st + 1}",
+                int(rng.integers(1, 3)),
+                size=32,
+                seed=p * 2 + st,
+                patient_id=_pid(p),
+                issuer=ISSUER,
+                names="IM{k:04d}.dcm",
+            )
     # pydicom's files: RLE and big-endian go through pydicom, not the fast reader, and join their patient.
     _relabel("MR_small_RLE.dcm", root / "dicom" / _pid(1) / "STUDY3" / "IM0001.dcm", _pid(1), ISSUER, None)
     _relabel("MR_small_bigendian.dcm", root / "dicom" / _pid(2) / "STUDY3" / "IM0001.dcm", _pid(2), ISSUER, None)
@@ -76,8 +83,11 @@ def _archive(root: Path) -> dict[str, tuple[str, str, str]]:
     truth = {}
     for f in sorted((root / "dicom").rglob("*.dcm")):
         ds = pydicom.dcmread(f, stop_before_pixels=True)
-        truth[str(ds.SOPInstanceUID)] = (str(ds.get("PatientID", "")), str(ds.get("IssuerOfPatientID", "")),
-                                         str(ds.StudyInstanceUID))
+        truth[str(ds.SOPInstanceUID)] = (
+            str(ds.get("PatientID", "")),
+            str(ds.get("IssuerOfPatientID", "")),
+            str(ds.StudyInstanceUID),
+        )
     return truth
 
 
@@ -89,8 +99,19 @@ def _key_file(folder: Path, key: str) -> Path:
 
 
 def _convert(inputs: list[Path], out: Path, key_file: Path) -> None:
-    rc = cli.main(["convert", *map(str, inputs), "--out", str(out), "--modality", "ct", "--no-progress",
-                   "--uid-key-file", str(key_file)])
+    rc = cli.main(
+        [
+            "convert",
+            *map(str, inputs),
+            "--out",
+            str(out),
+            "--modality",
+            "ct",
+            "--no-progress",
+            "--uid-key-file",
+            str(key_file),
+        ]
+    )
     assert rc == 0
 
 
@@ -156,8 +177,11 @@ def test_every_dicom_sample_carries_keyed_patient_and_study_keys(archive):
 
 
 def test_changing_the_uid_key_changes_every_patient_key(archive, tmp_path):
-    _convert([archive["root"] / "in" / "dicom" / _pid(p) for p in range(5)], tmp_path / "other",
-             _key_file(tmp_path, OTHER_KEY))
+    _convert(
+        [archive["root"] / "in" / "dicom" / _pid(p) for p in range(5)],
+        tmp_path / "other",
+        _key_file(tmp_path, OTHER_KEY),
+    )
     other = _read(tmp_path / "other")
     mine = _read(archive["ds"])
     assert {s["patient"] for s in other}.isdisjoint({s["patient"] for s in mine})
@@ -179,7 +203,7 @@ def test_split_by_patient_keeps_every_patient_in_one_split(archive, tmp_path, ca
     groups = _groups(splits, "patient")
     names = list(groups)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             assert not groups[a] & groups[b], (a, b)
     # Every sample in exactly one split, unchanged.
     got = sorted((s["uid"], s["image"], s["patient"]) for ss in splits.values() for s in ss)
@@ -242,6 +266,7 @@ def test_same_seed_same_split_other_seed_another(archive, tmp_path):
     a = _split(archive["ds"], tmp_path / "a", "--seed", "5")
     b = _split(archive["ds"], tmp_path / "b", "--seed", "5")
     c = _split(archive["ds"], tmp_path / "c", "--seed", "6")
+
     def uids(d: dict[str, list[dict]]) -> dict[str, list[str]]:
         return {name: sorted(s["uid"] for s in samples) for name, samples in d.items()}
 
@@ -255,8 +280,7 @@ def test_same_seed_same_split_other_seed_another(archive, tmp_path):
 
 def test_a_patient_keeps_its_split_when_patients_are_added(archive, tmp_path):
     part = tmp_path / "part"
-    _convert([archive["root"] / "in" / "dicom" / _pid(p) for p in range(0, N_PATIENTS, 3)], part,
-             archive["key_file"])
+    _convert([archive["root"] / "in" / "dicom" / _pid(p) for p in range(0, N_PATIENTS, 3)], part, archive["key_file"])
     before = _groups(_split(part, tmp_path / "s1", "--seed", "2"), "patient")
     after = _groups(_split(archive["ds"], tmp_path / "s2", "--seed", "2"), "patient")
     for name, keys in before.items():
@@ -269,8 +293,7 @@ def test_samples_without_a_key_are_each_their_own_group(tmp_path, capsys):
     rng = np.random.default_rng(0)
     for i in range(40):
         Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8)).save(pngs / f"{i}.png")
-    assert cli.main(["convert", str(pngs), "--out", str(tmp_path / "ds"), "--modality", "xray",
-                     "--no-progress"]) == 0
+    assert cli.main(["convert", str(pngs), "--out", str(tmp_path / "ds"), "--modality", "xray", "--no-progress"]) == 0
     splits = _split(tmp_path / "ds", tmp_path / "s", "--fractions", "0.5,0.5")
     out = capsys.readouterr().out
     assert "note: 40 samples have no patient key" in out and "its own group" in out
@@ -308,16 +331,19 @@ def test_old_folders_still_read_and_verify_but_do_not_split(archive, tmp_path, c
         assert not (tmp_path / by).exists()
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--fractions", "0.8,0.1"], "sum to 0.9, not 1"),
-    (["--fractions", "1.2,-0.1,-0.1"], "negative"),
-    (["--fractions", "0.8,x,0.1"], "give numbers"),
-    (["--fractions", "1"], "at least two"),
-    (["--fractions", "0.5,0.5", "--names", "a,b,c"], "3 names for 2 fractions"),
-    (["--fractions", "0.25,0.25,0.25,0.25"], "need --names"),
-    (["--names", "train,val,../x"], "not a folder name"),
-    (["--names", "a,a,b"], "given twice"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--fractions", "0.8,0.1"], "sum to 0.9, not 1"),
+        (["--fractions", "1.2,-0.1,-0.1"], "negative"),
+        (["--fractions", "0.8,x,0.1"], "give numbers"),
+        (["--fractions", "1"], "at least two"),
+        (["--fractions", "0.5,0.5", "--names", "a,b,c"], "3 names for 2 fractions"),
+        (["--fractions", "0.25,0.25,0.25,0.25"], "need --names"),
+        (["--names", "train,val,../x"], "not a folder name"),
+        (["--names", "a,a,b"], "given twice"),
+    ],
+)
 def test_bad_fractions_and_names_are_one_line(archive, tmp_path, capsys, args, needle):
     rc = cli.main(["split", str(archive["ds"]), "--out", str(tmp_path / "s"), *args])
     err = capsys.readouterr().err
@@ -363,9 +389,17 @@ def test_dicom_slide_tiles_carry_their_patient(tmp_path, helpers):
 def test_the_schema_check_refuses_a_readable_patient_value():
     from unimed.schema import check_sample
 
-    sample = {"image": b"x", "captions": ["a"], "modality": "ct", "labels": [], "source": "local", "uid": "u",
-              "meta": {"codec": "jpeg"}}
+    sample = {
+        "image": b"x",
+        "captions": ["a"],
+        "modality": "ct",
+        "labels": [],
+        "source": "local",
+        "uid": "u",
+        "meta": {"codec": "jpeg"},
+    }
     assert check_sample(sample) == []  # an older folder's sample: no patient or study column
     assert check_sample({**sample, "patient": "a" * 32, "study": ""}) == []
     assert check_sample({**sample, "patient": _pid(1), "study": ""}) == [
-        "patient is not a keyed hash (32 hex digits) or empty"]
+        "patient is not a keyed hash (32 hex digits) or empty"
+    ]

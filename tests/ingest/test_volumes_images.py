@@ -13,8 +13,10 @@ from unimed.samples import nibabel_dir, skimage_dir
 
 
 def test_nibabel_test_volumes_convert(tmp_path, helpers):
-    files = [nibabel_dir() / n for n in ("anatomical.nii", "example4d.nii.gz", "example_nifti2.nii.gz",
-                                          "standard.nii.gz", "functional.nii")]
+    files = [
+        nibabel_dir() / n
+        for n in ("anatomical.nii", "example4d.nii.gz", "example_nifti2.nii.gz", "standard.nii.gz", "functional.nii")
+    ]
     out = tmp_path / "out"
     summary = helpers.convert(files, out, modality="mri", workers=2)
     samples = helpers.read(out)
@@ -76,8 +78,11 @@ def test_nifti_without_modality_is_rejected(tmp_path, helpers):
 def test_scikit_image_pathology_and_fundus_with_labels(tmp_path, helpers):
     folder = tmp_path / "in"
     folder.mkdir()
-    rows = [("ihc.png", "pathology", "immunohistochemistry"), ("retina.jpg", "fundus", "normal"),
-            ("microaneurysms.png", "fundus", "microaneurysms|mild diabetic retinopathy")]
+    rows = [
+        ("ihc.png", "pathology", "immunohistochemistry"),
+        ("retina.jpg", "fundus", "normal"),
+        ("microaneurysms.png", "fundus", "microaneurysms|mild diabetic retinopathy"),
+    ]
     for name, _, _ in rows:
         (folder / name).write_bytes((skimage_dir() / name).read_bytes())
     table = tmp_path / "labels.csv"

@@ -35,10 +35,16 @@ def _run(rank: int, world: int, init: str) -> None:
     scale, bias = torch.tensor([25.0], dtype=torch.float64), torch.tensor([-3.0], dtype=torch.float64)
     sl = slice(rank * N_LOCAL, (rank + 1) * N_LOCAL)
     cases = {
-        "clip": (lambda i, t, s, b, ia, ta: clip_loss(i, t, s, impl="triton", image_all=ia, text_all=ta,
-                                                      offset=rank * N_LOCAL), clip_loss_reference),
-        "siglip": (lambda i, t, s, b, ia, ta: siglip_loss(i, t, s, b, impl="triton", text_all=ta,
-                                                          offset=rank * N_LOCAL), siglip_loss_reference),
+        "clip": (
+            lambda i, t, s, b, ia, ta: clip_loss(
+                i, t, s, impl="triton", image_all=ia, text_all=ta, offset=rank * N_LOCAL
+            ),
+            clip_loss_reference,
+        ),
+        "siglip": (
+            lambda i, t, s, b, ia, ta: siglip_loss(i, t, s, b, impl="triton", text_all=ta, offset=rank * N_LOCAL),
+            siglip_loss_reference,
+        ),
     }
     for name, (fn, ref_fn) in cases.items():
         ref_leaves = [x.clone().requires_grad_() for x in (img, txt, scale, bias)]
@@ -52,9 +58,11 @@ def _run(rank: int, world: int, init: str) -> None:
         (loss / world).backward()  # what data-parallel averaging does
         total = loss.detach().double() / world
         dist.all_reduce(total)
-        checks = {"loss": abs(float(total) - float(ref)) / abs(float(ref)),
-                  "img": _rel(leaves[0].grad, ref_leaves[0].grad[sl]),
-                  "txt": _rel(leaves[1].grad, ref_leaves[1].grad[sl])}
+        checks = {
+            "loss": abs(float(total) - float(ref)) / abs(float(ref)),
+            "img": _rel(leaves[0].grad, ref_leaves[0].grad[sl]),
+            "txt": _rel(leaves[1].grad, ref_leaves[1].grad[sl]),
+        }
         for i, key in ((2, "scale"), (3, "bias")):
             if ref_leaves[i].grad is not None:
                 grad = leaves[i].grad.double()

@@ -44,8 +44,9 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12))
 
 
-def _check(loss: torch.Tensor, grads: list[torch.Tensor], ref: torch.Tensor, ref_grads: list[torch.Tensor],
-           tol: float = 1e-4) -> None:
+def _check(
+    loss: torch.Tensor, grads: list[torch.Tensor], ref: torch.Tensor, ref_grads: list[torch.Tensor], tol: float = 1e-4
+) -> None:
     """Finite, and within ``tol`` (relative) of the float64 reference in the loss and every gradient."""
     assert torch.isfinite(loss), f"loss {float(loss)}"
     assert all(g is not None and torch.isfinite(g).all() for g in grads), "non-finite gradient"
@@ -102,8 +103,9 @@ def test_one_direction_rectangular_with_offset():
     rows, cols = _features(19, 80, 7), _features(57, 80, 8)
     s = torch.tensor([30.0], device=DEVICE)
     loss, grads = _grads(lambda x, y, z: contrastive_ce(x, y, z, offset=19, impl="triton"), rows, cols, s)
-    ref, ref_grads = _grads(lambda x, y, z: contrastive_ce_reference(x, y, z, offset=19), rows.double(),
-                            cols.double(), s.double())
+    ref, ref_grads = _grads(
+        lambda x, y, z: contrastive_ce_reference(x, y, z, offset=19), rows.double(), cols.double(), s.double()
+    )
     _check(loss, grads, ref, ref_grads)
 
 
@@ -139,10 +141,16 @@ def test_siglip_matches_reference(n, d):
 def test_siglip_distributed_stripe_at_the_clamp():
     img, txt_all = _features(21, 64, 13, normalize=False), _features(63, 64, 14, normalize=False)
     s, bias = torch.tensor([100.0], device=DEVICE), torch.tensor([-5.0], device=DEVICE)
-    loss, grads = _grads(lambda w, x, y, z: siglip_loss(w, x[:21], y, z, impl="triton", text_all=x, offset=21),
-                         img, txt_all, s, bias)
-    ref, ref_grads = _grads(lambda w, x, y, z: siglip_loss_reference(w, x[:21], y, z, text_all=x, offset=21),
-                            img.double(), txt_all.double(), s.double(), bias.double())
+    loss, grads = _grads(
+        lambda w, x, y, z: siglip_loss(w, x[:21], y, z, impl="triton", text_all=x, offset=21), img, txt_all, s, bias
+    )
+    ref, ref_grads = _grads(
+        lambda w, x, y, z: siglip_loss_reference(w, x[:21], y, z, text_all=x, offset=21),
+        img.double(),
+        txt_all.double(),
+        s.double(),
+        bias.double(),
+    )
     _check(loss, grads, ref, ref_grads)
 
 
@@ -214,10 +222,12 @@ def test_auto_on_cpu_is_the_reference_and_agrees():
 
 def test_import_needs_neither_gpu_nor_interpreter():
     """Without TRITON_INTERPRET on a CPU machine: the package imports, auto is the reference, triton refuses."""
-    code = ("import torch, unimed.kernels as k; a = torch.randn(4, 8); s = torch.ones(1)\n"
-            "assert 'unimed.kernels.contrastive' not in __import__('sys').modules\n"
-            "print(float(k.clip_loss(a, a, s)))\n"
-            "try:\n    k.clip_loss(a, a, s, impl='triton')\nexcept ValueError as e:\n    print('refused', e)\n")
+    code = (
+        "import torch, unimed.kernels as k; a = torch.randn(4, 8); s = torch.ones(1)\n"
+        "assert 'unimed.kernels.contrastive' not in __import__('sys').modules\n"
+        "print(float(k.clip_loss(a, a, s)))\n"
+        "try:\n    k.clip_loss(a, a, s, impl='triton')\nexcept ValueError as e:\n    print('refused', e)\n"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "UNIMED_KERNELS")}
     env["CUDA_VISIBLE_DEVICES"] = ""
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

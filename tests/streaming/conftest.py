@@ -15,9 +15,7 @@ CORRUPT = 2  # per modality
 def shards(tmp_path_factory) -> dict[str, str]:
     """modality -> MDS folder: small images, 30% PNG (8/16-bit) among the grey ones, 2 broken each."""
     root = tmp_path_factory.mktemp("shards")
-    spec = SyntheticSpec(
-        counts=COUNTS, size=96, png_fraction=0.3, corrupt=CORRUPT, seed=1, size_limit=1 << 17
-    )
+    spec = SyntheticSpec(counts=COUNTS, size=96, png_fraction=0.3, corrupt=CORRUPT, seed=1, size_limit=1 << 17)
     return write_synthetic_shards(str(root), spec)
 
 

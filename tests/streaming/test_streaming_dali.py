@@ -109,8 +109,9 @@ def test_resize_is_bicubic_like_the_reference(train):
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     png = np.frombuffer(buf.getvalue(), np.uint8)
-    aug = AugmentConfig(image_size=96, train=train, scale=(1.0, 1.0), ratio=(4 / 3, 4 / 3), decode_dtype="float",
-                        **PLAIN)
+    aug = AugmentConfig(
+        image_size=96, train=train, scale=(1.0, 1.0), ratio=(4 / 3, 4 / 3), decode_dtype="float", **PLAIN
+    )
     out = _run(build_pipeline(aug, batch_size=1, device="cpu"), [png], [0])[0].transpose(1, 2, 0)
     img = Image.fromarray(arr)
     if not train:  # shorter side to 96, then the central 96 x 96

@@ -70,7 +70,9 @@ def test_crop_and_mirror_are_pure_functions_of_seed_epoch_and_sample():
     b = [choose_crop(17, 0, i, (0.9, 1.0), (0.75, 4 / 3), True) for i in range(400)]
     assert all(np.array_equal(x[0], y[0]) and x[1] == y[1] for x, y in zip(a, b))
     crops = np.stack([c for c, _ in a])
-    assert (crops[:, 2:] <= 1.0).all() and (crops[:, :2] >= 0).all() and (crops[:, :2] + crops[:, 2:] <= 1.0 + 1e-6).all()
+    assert (
+        (crops[:, 2:] <= 1.0).all() and (crops[:, :2] >= 0).all() and (crops[:, :2] + crops[:, 2:] <= 1.0 + 1e-6).all()
+    )
     area = crops[:, 2] * crops[:, 3]
     assert area.min() > 0.6 and area.max() <= 1.0
     assert 150 < sum(m for _, m in a) < 250  # mirrored about half the time where allowed

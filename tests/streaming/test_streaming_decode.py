@@ -112,8 +112,13 @@ def test_16bit_png_maps_the_full_range_onto_8_bits():
     Image.fromarray(ramp).save(buf, format="PNG")
     want = np.rint(ramp / 65535.0 * 255.0)
     for dtype in ("uint8", "float"):
-        sample = {"image": np.frombuffer(buf.getvalue(), np.uint8), "crop": np.array([0, 0, 1, 1], np.float32),
-                  "flip": np.uint8(0), "valid": True, "error": ""}
+        sample = {
+            "image": np.frombuffer(buf.getvalue(), np.uint8),
+            "crop": np.array([0, 0, 1, 1], np.float32),
+            "flip": np.uint8(0),
+            "valid": True,
+            "error": "",
+        }
         out = WorkerDecode(64, train=False, decode_dtype=dtype)(sample)["image"]
         assert out.dtype == torch.uint8 and out.shape == (3, 64, 64)
         assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])  # grey: one channel, expanded
@@ -123,17 +128,30 @@ def test_16bit_png_maps_the_full_range_onto_8_bits():
 def test_an_image_that_fails_to_decode_becomes_the_flagged_placeholder():
     good = _jpeg(skdata.camera())
     broken = good[:600] + bytes(len(good) - 602) + b"\xff\xd9"  # headers sound, entropy data zeroed
-    sample = {"image": np.frombuffer(broken, np.uint8), "crop": np.array([0, 0, 1, 1], np.float32),
-              "flip": np.uint8(0), "valid": True, "error": "", "uid": "u"}
+    sample = {
+        "image": np.frombuffer(broken, np.uint8),
+        "crop": np.array([0, 0, 1, 1], np.float32),
+        "flip": np.uint8(0),
+        "valid": True,
+        "error": "",
+        "uid": "u",
+    }
     out = WorkerDecode(32)(sample)
     if out["valid"]:  # libjpeg conceals this damage: then the pixels are just wrong, never a crash
         assert out["image"].shape == (3, 32, 32)
-    not_image = {"image": np.frombuffer(b"\x89PNG\r\n\x1a\n" + b"\0" * 40, np.uint8), "crop": None, "flip": 0,
-                 "valid": True, "error": "", "uid": "v"}
+    not_image = {
+        "image": np.frombuffer(b"\x89PNG\r\n\x1a\n" + b"\0" * 40, np.uint8),
+        "crop": None,
+        "flip": 0,
+        "valid": True,
+        "error": "",
+        "uid": "v",
+    }
     out = WorkerDecode(32)(not_image)
     assert not out["valid"] and out["error"].startswith("decode:")
-    ref = WorkerDecode(32)({"image": np.frombuffer(placeholder_image(), np.uint8), "crop": None, "flip": 0,
-                            "valid": True, "error": ""})["image"]
+    ref = WorkerDecode(32)(
+        {"image": np.frombuffer(placeholder_image(), np.uint8), "crop": None, "flip": 0, "valid": True, "error": ""}
+    )["image"]
     assert torch.equal(out["image"], ref)
 
 
@@ -142,15 +160,19 @@ def test_normalization_happens_once_in_the_model():
     float tolerance, with the training normalization set from the config; float input passes as is."""
     from unimed.train.model import CLIPModel, ModelConfig, TextConfig, VisionConfig
 
-    cfg = ModelConfig(embed_dim=16, vision=VisionConfig(image_size=32, patch_size=16, width=32, layers=1, heads=2),
-                      text=TextConfig(hidden_size=32, layers=1, heads=2, intermediate_size=64, context_length=8))
+    cfg = ModelConfig(
+        embed_dim=16,
+        vision=VisionConfig(image_size=32, patch_size=16, width=32, layers=1, heads=2),
+        text=TextConfig(hidden_size=32, layers=1, heads=2, intermediate_size=64, context_length=8),
+    )
     model = CLIPModel(cfg, vocab_size=50).eval()
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     model.set_image_normalization(mean, std)
     data = _jpeg(skdata.astronaut())
     u8 = np.stack([decode_crop(data, np.array([0.1, 0.1, 0.8, 0.8]), 0, 32).transpose(2, 0, 1)])
     old = (u8.astype(np.float32) / 255.0 - np.array(mean, np.float32)[:, None, None]) / np.array(std, np.float32)[
-        :, None, None]
+        :, None, None
+    ]
     x = torch.from_numpy(u8)
     assert torch.allclose(model.prepare_image(x), torch.from_numpy(old), atol=1e-6)
     with torch.no_grad():

@@ -49,8 +49,11 @@ def _check_batch(batch: dict, cfg: LoaderConfig) -> None:
     assert batch["tokens"].shape == (b, width) and batch["modality"].shape == (b,)
     assert width == cfg.context_length or (width % cfg.pad_multiple == 0 and width < cfg.context_length)
     assert int(batch["image"].max()) > 100 and float(batch["image"].float().std()) > 5  # pixels, not a blank
-    grey = ((batch["image"][:, 0] == batch["image"][:, 1]) & (batch["image"][:, 1] == batch["image"][:, 2])
-            ).flatten(1).all(1)
+    grey = (
+        ((batch["image"][:, 0] == batch["image"][:, 1]) & (batch["image"][:, 1] == batch["image"][:, 2]))
+        .flatten(1)
+        .all(1)
+    )
     for i, uid in enumerate(batch["uid"]):
         modality = MODALITIES[int(batch["modality"][i])]
         assert modality in uid
@@ -163,8 +166,9 @@ def test_the_same_sample_gets_the_same_pixels_on_both_paths(mix, tokenizer_dir):
     """Worker decode and the DALI graph crop the dataset's window: the uint8 images agree (eval mode:
     resize the shorter side + centre crop; JPEG IDCT and resize kernels differ by a few levels)."""
     cpu = _images_by_uid(build_loader(_config(mix, tokenizer_dir, device="cpu", train=False, num_workers=0)).dataloader)
-    dali = _images_by_uid(build_loader(_config(mix, tokenizer_dir, device="dali_cpu", train=False,
-                                               num_workers=0)).dataloader)
+    dali = _images_by_uid(
+        build_loader(_config(mix, tokenizer_dir, device="dali_cpu", train=False, num_workers=0)).dataloader
+    )
     _free()
     assert cpu.keys() == dali.keys()
     diff = torch.stack([(cpu[u].float() - dali[u].float()).abs().mean() for u in cpu])

@@ -25,9 +25,7 @@ def test_parse_and_map(shards, tmp_path):
     entries, cache = load_mix(str(mix))
     streams = to_streams(entries, cache)
     assert streams[0].local == shards["xray"] and streams[0].remote is None
-    assert streams[1].remote == "s3://bucket/unimed/ct" and streams[1].local.startswith(
-        str(tmp_path / "cache")
-    )
+    assert streams[1].remote == "s3://bucket/unimed/ct" and streams[1].local.startswith(str(tmp_path / "cache"))
     assert [s.proportion for s in streams] == [0.7, 0.3]
 
 
@@ -64,9 +62,7 @@ def test_measured_shares_match_proportions(shards):
     """Over one epoch the share of each modality is within 2 points of its proportion."""
     want = {"xray": 0.4, "ct": 0.3, "pathology": 0.2, "fundus": 0.1}
     entries, _ = parse_mix([{"path": shards[m], "proportion": p} for m, p in want.items()])
-    dataset = UnimedDataset(
-        streams=to_streams(entries), epoch_size=1000, shuffle=True, shuffle_seed=3, batch_size=10
-    )
+    dataset = UnimedDataset(streams=to_streams(entries), epoch_size=1000, shuffle=True, shuffle_seed=3, batch_size=10)
     counts = collections.Counter(MODALITIES[s["modality"]] for s in dataset)
     total = sum(counts.values())
     assert total == 1000

@@ -41,8 +41,17 @@ def mix(shards, tmp_path) -> str:
 
 
 def _batches(mix: str, tokenizer_dir: str, dynamic: bool) -> list[dict]:
-    cfg = LoaderConfig(mix=mix, tokenizer=tokenizer_dir, context_length=64, batch_size=16, num_workers=0,
-                       image_size=32, device="cpu", seed=3, dynamic_padding=dynamic)
+    cfg = LoaderConfig(
+        mix=mix,
+        tokenizer=tokenizer_dir,
+        context_length=64,
+        batch_size=16,
+        num_workers=0,
+        image_size=32,
+        device="cpu",
+        seed=3,
+        dynamic_padding=dynamic,
+    )
     spec = build_loader(cfg)
     out = [{"tokens": b["tokens"], "caption": list(b["caption"])} for b in spec.dataloader]
     del spec

@@ -41,8 +41,10 @@ def test_tokenizer_command_trains_on_the_shard_captions(tmp_path):
     key = tmp_path / "uid.key"
     key.write_text("7a" * 32)
     key.chmod(0o600)
-    convert(ConvertConfig(inputs=[str(tmp_path / "in")], out=str(out), uid_key_file=str(key), progress=False),
-            echo=lambda s: None)
+    convert(
+        ConvertConfig(inputs=[str(tmp_path / "in")], out=str(out), uid_key_file=str(key), progress=False),
+        echo=lambda s: None,
+    )
     assert cli.main(["tokenizer", str(out), "--vocab-size", "120"]) == 0
     tok = AutoTokenizer.from_pretrained(str(out / "tokenizer"), local_files_only=True)
     ids = tok("A CT scan of the chest.")["input_ids"]

@@ -2,7 +2,8 @@
 
 ``test_dist_grads.py`` runs :func:`run` twice: in its own process (the reference: one process, the whole
 global batch, no FSDP) and as ``composer -n 2 tests/train/dist_worker.py OUT TOKENIZER OVERRIDE...`` (FSDP2,
-each rank its half of every global batch); the overrides are the test's ``tiny_overrides()`` (its fixture). Each run trains two steps with the real Composer
+each rank its half of every global batch); the overrides are the test's ``tiny_overrides()`` (its fixture). Each run
+trains two steps with the real Composer
 ``Trainer`` on the same in-memory global batches and writes, under OUT: ``grads-W.pt`` (every
 parameter's full gradient after each backward, from rank 0), ``loss-W.jsonl`` (the ``LossLog``),
 ``local-W-R.json`` (each rank's own loss and batch size). The sharded run also writes
@@ -26,9 +27,16 @@ GLOBAL_BATCH, STEPS = 16, 2
 def overrides(tiny: list[str], out: str, world: int) -> list[str]:
     """The tiny demo config (``tiny``: the test's tiny overrides) at a global batch of 16, dropout off (both
     runs must compute the same)."""
-    extra = {"global_batch_size": GLOBAL_BATCH, "max_duration": f"{STEPS}ba", "model.text.dropout": 0.0,
-             "loss_log": os.path.join(out, f"loss-{world}.jsonl"), "data.context_length": 16,
-             "model.text.context_length": 16, "autoresume": "false", "save_folder": "null"}
+    extra = {
+        "global_batch_size": GLOBAL_BATCH,
+        "max_duration": f"{STEPS}ba",
+        "model.text.dropout": 0.0,
+        "loss_log": os.path.join(out, f"loss-{world}.jsonl"),
+        "data.context_length": 16,
+        "model.text.context_length": 16,
+        "autoresume": "false",
+        "save_folder": "null",
+    }
     return [*tiny, *(f"{k}={v}" for k, v in extra.items())]
 
 
@@ -41,14 +49,19 @@ def global_batches(vocab: int, pad_id: int, context: int, size: int) -> list[dic
         lengths = torch.randint(3, context + 1, (GLOBAL_BATCH,), generator=g)
         tokens[torch.arange(context)[None, :] >= lengths[:, None]] = pad_id
         tokens[:, 0] = 2
-        batches.append({"image": torch.randn(GLOBAL_BATCH, 3, size, size, generator=g), "tokens": tokens,
-                        "valid": torch.ones(GLOBAL_BATCH, dtype=torch.bool)})
+        batches.append(
+            {
+                "image": torch.randn(GLOBAL_BATCH, 3, size, size, generator=g),
+                "tokens": tokens,
+                "valid": torch.ones(GLOBAL_BATCH, dtype=torch.bool),
+            }
+        )
     return batches
 
 
 def _loader(batches: list[dict[str, torch.Tensor]], rank: int, world: int) -> DataSpec:
     per = GLOBAL_BATCH // world
-    mine = [{k: v[rank * per:(rank + 1) * per] for k, v in b.items()} for b in batches]
+    mine = [{k: v[rank * per : (rank + 1) * per] for k, v in b.items()} for b in batches]
 
     class Rows(torch.utils.data.IterableDataset):
         def __iter__(self):
@@ -120,20 +133,26 @@ def _precision(out: str, cfg, tok, batch: dict[str, torch.Tensor], rank: int, wo
     model = UnimedCLIP(build_model(cfg.model, tok.vocab_size, tok.pad_id))
     shard_towers(model.model, "amp_bf16")
     root = _parallelism(cfg)["fsdp"]["mixed_precision"]  # what the trainer hands Composer for the root
-    prepare_fully_shard(model, FSDP2Config(mixed_precision=root), Precision.AMP_BF16,
-                        generate_composer_model_policy(model))
+    prepare_fully_shard(
+        model, FSDP2Config(mixed_precision=root), Precision.AMP_BF16, generate_composer_model_policy(model)
+    )
     per = GLOBAL_BATCH // world
-    rows = {k: v[rank * per:(rank + 1) * per] for k, v in batch.items()}
+    rows = {k: v[rank * per : (rank + 1) * per] for k, v in batch.items()}
     image, text, scale = model(rows)
     loss = model.loss((image, text, scale), rows)
     loss.backward()
-    states = {"root": model.model._get_fsdp_state(), "block": model.model.visual.transformer.resblocks[0]
-              ._get_fsdp_state(), "text_tower": model.model.text._get_fsdp_state()}
+    states = {
+        "root": model.model._get_fsdp_state(),
+        "block": model.model.visual.transformer.resblocks[0]._get_fsdp_state(),
+        "text_tower": model.model.text._get_fsdp_state(),
+    }
     doc = {
         "policy": {k: str(s._mp_policy.param_dtype) for k, s in states.items()},
-        "scale_dtype": str(scale.dtype), "scale": float(scale),
+        "scale_dtype": str(scale.dtype),
+        "scale": float(scale),
         "expected_scale": float(torch.tensor([math.log(cfg.model.init_logit_scale)]).exp()),
-        "image_dtype": str(image.dtype), "loss_dtype": str(loss.dtype),
+        "image_dtype": str(image.dtype),
+        "loss_dtype": str(loss.dtype),
         "logit_scale_grad_dtype": str(model.model.logit_scale.grad.dtype),
         "logit_scale_dtype": str(model.model.logit_scale.dtype),
     }

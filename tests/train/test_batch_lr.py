@@ -37,8 +37,15 @@ def test_lr_scaling_rules():
 
 
 def test_one_process_takes_the_whole_global_batch_at_the_scaled_rate(tiny_config):
-    cfg = tiny_config(**{"global_batch_size": 12, "optimizer.lr": 1e-3, "optimizer.lr_scaling": "linear",
-                         "optimizer.reference_batch_size": 24, "max_duration": "1ba"})
+    cfg = tiny_config(
+        **{
+            "global_batch_size": 12,
+            "optimizer.lr": 1e-3,
+            "optimizer.lr_scaling": "linear",
+            "optimizer.reference_batch_size": 24,
+            "max_duration": "1ba",
+        }
+    )
     trainer = build_trainer(cfg)
     assert cfg.data.batch_size == 12 and trainer.state.device_train_microbatch_size == 12
     assert trainer.state.train_dataloader.batch_size == 12

@@ -30,8 +30,14 @@ def run(tiny_config, tmp_path_factory) -> Path:
     from unimed.train.trainer import train
 
     folder = tmp_path_factory.mktemp("run")
-    train(tiny_config(max_duration="2ba", save_folder=str(folder / "ckpt"), save_interval="2ba",
-                      export_path=str(folder / "model.pt")))
+    train(
+        tiny_config(
+            max_duration="2ba",
+            save_folder=str(folder / "ckpt"),
+            save_interval="2ba",
+            export_path=str(folder / "model.pt"),
+        )
+    )
     return folder
 
 
@@ -141,8 +147,10 @@ def _sharded(run, folder: Path, extra: dict | None = None) -> Path:
     from torch.distributed.checkpoint import FileSystemWriter, save
 
     state = torch.load(run / "ckpt" / "ep0-ba2-rank0.pt", weights_only=False)
-    sd = {"state": {"model": {**state["state"]["model"], **(extra or {})},
-                    "timestamp": state["state"]["timestamp"]}, "rng": state["rng"]}
+    sd = {
+        "state": {"model": {**state["state"]["model"], **(extra or {})}, "timestamp": state["state"]["timestamp"]},
+        "rng": state["rng"],
+    }
     save(sd, storage_writer=FileSystemWriter(str(folder)), no_dist=True)
     return folder
 
@@ -177,7 +185,6 @@ def test_sharded_checkpoints_load_and_crafted_parts_are_refused(run, tmp_path):
         from composer.utils.checkpoint import dist_cp_load
 
         with composer_load_guard(str(item)):
-            dist_cp_load({"state": {"model": {"model.planted": None}}},
-                         FileSystemReaderWithValidation(str(item)))
+            dist_cp_load({"state": {"model": {"model.planted": None}}}, FileSystemReaderWithValidation(str(item)))
 
     _refused(composer_reads_items, item, marker)

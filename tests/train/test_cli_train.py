@@ -19,10 +19,13 @@ def test_print_config_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
 
 def test_mistakes_are_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    for argv, words in ((["train", "nosuch"], "demo-cpu"), (["train", "demo-cpu", "batch"], "key=value"),
-                        (["train", "demo-cpu", "data.batch_size=0", "--print-config"], "data.batch_size"),
-                        (["train", "demo-cpu", "max_duration=ten", "--print-config"], "max_duration"),
-                        (["train", "demo-cpu", "max_duration=5", "--print-config"], "max_duration")):
+    for argv, words in (
+        (["train", "nosuch"], "demo-cpu"),
+        (["train", "demo-cpu", "batch"], "key=value"),
+        (["train", "demo-cpu", "data.batch_size=0", "--print-config"], "data.batch_size"),
+        (["train", "demo-cpu", "max_duration=ten", "--print-config"], "max_duration"),
+        (["train", "demo-cpu", "max_duration=5", "--print-config"], "max_duration"),
+    ):
         assert cli.main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and words in err, err

@@ -47,10 +47,16 @@ def test_an_override_of_one_data_source_replaces_the_files_other():
 
 
 def test_image_sizes_and_context_lengths_are_checked_against_each_other(capsys):
-    _one_line(capsys, ["train", "demo-cpu", "data.image_size=96", "--print-config"],
-              "data.image_size 96 differs from model.vision.image_size")
-    _one_line(capsys, ["train", "demo-cpu", "data.context_length=16", "--print-config"],
-              "data.context_length 16 differs from model.text.context_length")
+    _one_line(
+        capsys,
+        ["train", "demo-cpu", "data.image_size=96", "--print-config"],
+        "data.image_size 96 differs from model.vision.image_size",
+    )
+    _one_line(
+        capsys,
+        ["train", "demo-cpu", "data.context_length=16", "--print-config"],
+        "data.context_length 16 differs from model.text.context_length",
+    )
 
 
 @pytest.mark.parametrize("value", ["ten", "5"])
@@ -71,22 +77,45 @@ def test_a_misspelled_key(capsys):
 
 
 def test_a_moved_tokenizer_folder(tmp_path, capsys):
-    _one_line(capsys, ["train", "demo-cpu", f"data.tokenizer={tmp_path / 'gone'}", f"data.shards={tmp_path}",
-                       "--dry-run"], "Tokenizer folder", "does not exist")
+    _one_line(
+        capsys,
+        ["train", "demo-cpu", f"data.tokenizer={tmp_path / 'gone'}", f"data.shards={tmp_path}", "--dry-run"],
+        "Tokenizer folder",
+        "does not exist",
+    )
     (tmp_path / "empty").mkdir()
-    _one_line(capsys, ["train", "demo-cpu", f"data.tokenizer={tmp_path / 'empty'}", f"data.shards={tmp_path}",
-                       "--dry-run"], "holds no readable tokenizer")
+    _one_line(
+        capsys,
+        ["train", "demo-cpu", f"data.tokenizer={tmp_path / 'empty'}", f"data.shards={tmp_path}", "--dry-run"],
+        "holds no readable tokenizer",
+    )
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("templates: [a chest X-ray of {c}\n", "not valid YAML at line"),
-    ("- a photo of {c}\n", "a YAML mapping"),
-    ("templates: ['a scan of {cls}']\n", "the class goes in as {c}"),
-    ("templates: 'a scan of {c}'\n", "is a list of strings"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("templates: [a chest X-ray of {c}\n", "not valid YAML at line"),
+        ("- a photo of {c}\n", "a YAML mapping"),
+        ("templates: ['a scan of {cls}']\n", "the class goes in as {c}"),
+        ("templates: 'a scan of {c}'\n", "is a list of strings"),
+    ],
+)
 def test_a_bad_prompts_yaml_is_one_line_before_any_model_loads(demo_sets, tmp_path, capsys, text, needle):
     bad = tmp_path / "prompts.yaml"
     bad.write_text(text)
     # The checkpoint does not exist: the prompts are checked before the model would be loaded.
-    _one_line(capsys, ["eval", "zeroshot", "--checkpoint", str(tmp_path / "none.pt"), "--data", demo_sets["eval"],
-                       "--prompts", str(bad)], str(bad), needle)
+    _one_line(
+        capsys,
+        [
+            "eval",
+            "zeroshot",
+            "--checkpoint",
+            str(tmp_path / "none.pt"),
+            "--data",
+            demo_sets["eval"],
+            "--prompts",
+            str(bad),
+        ],
+        str(bad),
+        needle,
+    )

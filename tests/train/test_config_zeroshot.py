@@ -31,17 +31,32 @@ def test_the_bundled_configs_load(name):
 _HEAVY = ("torch", "streaming", "composer", "transformers", "nvidia.dali")
 
 
-@pytest.mark.parametrize("modules, heavy", [
-    # Reading and validating a config: none of the heavy libraries.
-    (["unimed.train.config"], _HEAVY),
-    # `unimed eval` (CLI, evaluation, loading a checkpoint, the API) needs torch, never DALI or the trainer's stack.
-    (["unimed.cli", "unimed.train.evaluate", "unimed.train.loading", "unimed.train.zeroshot", "unimed.api",
-      "unimed.train.retrieval", "unimed.train.probe"], ("streaming", "composer", "nvidia.dali")),
-])
+@pytest.mark.parametrize(
+    "modules, heavy",
+    [
+        # Reading and validating a config: none of the heavy libraries.
+        (["unimed.train.config"], _HEAVY),
+        # `unimed eval` (CLI, evaluation, loading a checkpoint, the API) needs torch, never DALI or the trainer's stack.
+        (
+            [
+                "unimed.cli",
+                "unimed.train.evaluate",
+                "unimed.train.loading",
+                "unimed.train.zeroshot",
+                "unimed.api",
+                "unimed.train.retrieval",
+                "unimed.train.probe",
+            ],
+            ("streaming", "composer", "nvidia.dali"),
+        ),
+    ],
+)
 def test_loading_a_config_imports_nothing_heavy(tmp_path, modules, heavy):
-    code = (f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
-            "from unimed.train.config import load_config\nload_config('demo-cpu')\n"
-            f"print([m for m in {heavy!r} if m in sys.modules])")
+    code = (
+        f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+        "from unimed.train.config import load_config\nload_config('demo-cpu')\n"
+        f"print([m for m in {heavy!r} if m in sys.modules])"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]", done.stdout

@@ -24,8 +24,15 @@ def _launch(overrides: list[str], env: dict[str, str]) -> subprocess.CompletedPr
 def test_fsdp2_two_processes_save_sharded_and_resume(demo_sets, tiny_overrides, tmp_path):
     env = {**os.environ, "FSDP_VERSION": "2", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     ckpt = tmp_path / "ckpt"
-    common = tiny_overrides(**{"save_folder": str(ckpt), "save_interval": "2ba", "loss_log": str(tmp_path / "loss.jsonl"),
-                               "ema.enabled": "true", "ema.decay": 0.5})
+    common = tiny_overrides(
+        **{
+            "save_folder": str(ckpt),
+            "save_interval": "2ba",
+            "loss_log": str(tmp_path / "loss.jsonl"),
+            "ema.enabled": "true",
+            "ema.decay": 0.5,
+        }
+    )
     first = _launch([*common, "max_duration=2ba"], env)
     assert first.returncode == 0, first.stderr[-3000:]
     shard = ckpt / "ep0-ba2"

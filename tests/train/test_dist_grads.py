@@ -29,8 +29,17 @@ def runs(demo_sets, tiny_overrides, tmp_path_factory) -> Path:
     env = {**os.environ, "FSDP_VERSION": "2", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     composer = Path(sys.executable).parent / "composer"
     tiny = tiny_overrides()
-    cmd = [str(composer), "-n", "2", "--master_port", "29613", "tests/train/dist_worker.py", str(out),
-           demo_sets["tokenizer"], *tiny]
+    cmd = [
+        str(composer),
+        "-n",
+        "2",
+        "--master_port",
+        "29613",
+        "tests/train/dist_worker.py",
+        str(out),
+        demo_sets["tokenizer"],
+        *tiny,
+    ]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     run(str(out), demo_sets["tokenizer"], tiny, world=1)

@@ -32,8 +32,17 @@ class _Record(Callback):
 
 
 def _cfg(tiny_config, folder, **extra):
-    return tiny_config(**{"max_duration": "6ba", "ema.enabled": "true", "ema.decay": DECAY,
-                          "model.text.dropout": 0.0, "save_folder": str(folder), "save_interval": "3ba", **extra})
+    return tiny_config(
+        **{
+            "max_duration": "6ba",
+            "ema.enabled": "true",
+            "ema.decay": DECAY,
+            "model.text.dropout": 0.0,
+            "save_folder": str(folder),
+            "save_interval": "3ba",
+            **extra,
+        }
+    )
 
 
 def _by_hand(start: dict[str, torch.Tensor], steps: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

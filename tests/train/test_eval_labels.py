@@ -25,36 +25,57 @@ CATALOG = load_catalog()
 def pathology(demo_crops) -> list[Path]:
     """Real histopathology crops (scikit-image's IHC slide), training and held-out."""
     return sorted((demo_crops("train") / "pathology").glob("*.png")) + sorted(
-        (demo_crops("eval") / "pathology").glob("*.png"))
+        (demo_crops("eval") / "pathology").glob("*.png")
+    )
 
 
-@pytest.mark.parametrize("name, label, expected", [
-    ("bach", "Normal", "normal"), ("bach", "Benign", "benign"), ("bach", "InSitu", "in situ carcinoma"),
-    ("bach", "Invasive", "invasive carcinoma"),
-    ("osteosarcoma", "Non-Tumor", "non-tumour"), ("osteosarcoma", "Non-Viable-Tumor", "necrotic tumour"),
-    ("osteosarcoma", "Viable", "viable tumour"),
-    ("pcam", "0", "lymph node"), ("pcam", "1", "lymph node with metastatic tumour"),
-    ("pcam", "lymph node with metastatic tumor", "lymph node with metastatic tumour"),
-    ("skin-tumour", "nevus", "naevus"), ("skin-tumour", "tumor_skin_epithelial_bcc", "basal cell carcinoma"),
-    ("skin-cancer", "nontumor_skin_sebaceousglands_sebaceousglands", "sebaceous glands"),
-    ("nct-crc-he", "TUM", "colorectal adenocarcinoma epithelium"), ("lc25000-lung", "lung_scc",
-                                                                   "lung squamous cell carcinoma"),
-    ("ct-organ-axial", "10", "spleen"), ("ct-organ-coronal", "femur-left", "left femoral head"),
-    ("diabetic-retinopathy", "Proliferate_DR", "proliferative diabetic retinopathy"),
-    ("diabetic-retinopathy", "No_DR", "no diabetic retinopathy"), ("refuge", "Non-Glaucoma", "no glaucoma"),
-    ("fives", "A", "age-related macular degeneration"), ("odir-200x3", "M", "pathologic myopia"),
-    ("rsna-pneumonia", "Lung Opacity", "pneumonia"), ("mri-acl", "1", "yes"), ("us-thyroid", "0", "benign"),
-    ("chexpert-5x200", "Pleural Effusion", "pleural effusion"), ("nih-chestxray14", "Pleural_Thickening",
-                                                                 "pleural thickening"),
-])
+@pytest.mark.parametrize(
+    "name, label, expected",
+    [
+        ("bach", "Normal", "normal"),
+        ("bach", "Benign", "benign"),
+        ("bach", "InSitu", "in situ carcinoma"),
+        ("bach", "Invasive", "invasive carcinoma"),
+        ("osteosarcoma", "Non-Tumor", "non-tumour"),
+        ("osteosarcoma", "Non-Viable-Tumor", "necrotic tumour"),
+        ("osteosarcoma", "Viable", "viable tumour"),
+        ("pcam", "0", "lymph node"),
+        ("pcam", "1", "lymph node with metastatic tumour"),
+        ("pcam", "lymph node with metastatic tumor", "lymph node with metastatic tumour"),
+        ("skin-tumour", "nevus", "naevus"),
+        ("skin-tumour", "tumor_skin_epithelial_bcc", "basal cell carcinoma"),
+        ("skin-cancer", "nontumor_skin_sebaceousglands_sebaceousglands", "sebaceous glands"),
+        ("nct-crc-he", "TUM", "colorectal adenocarcinoma epithelium"),
+        ("lc25000-lung", "lung_scc", "lung squamous cell carcinoma"),
+        ("ct-organ-axial", "10", "spleen"),
+        ("ct-organ-coronal", "femur-left", "left femoral head"),
+        ("diabetic-retinopathy", "Proliferate_DR", "proliferative diabetic retinopathy"),
+        ("diabetic-retinopathy", "No_DR", "no diabetic retinopathy"),
+        ("refuge", "Non-Glaucoma", "no glaucoma"),
+        ("fives", "A", "age-related macular degeneration"),
+        ("odir-200x3", "M", "pathologic myopia"),
+        ("rsna-pneumonia", "Lung Opacity", "pneumonia"),
+        ("mri-acl", "1", "yes"),
+        ("us-thyroid", "0", "benign"),
+        ("chexpert-5x200", "Pleural Effusion", "pleural effusion"),
+        ("nih-chestxray14", "Pleural_Thickening", "pleural thickening"),
+    ],
+)
 def test_release_label_names_resolve_to_their_class(name, label, expected):
     spec = CATALOG[name]
     assert spec.classes[spec.class_index(label)] == expected
 
 
-@pytest.mark.parametrize("name, label", [("us-breast", "normal"), ("nct-crc-he", "BACK"),
-                                         ("osteosarcoma", "Viable: Non-Viable"), ("lc25000-colon", "lung_aca"),
-                                         ("rsna-pneumonia", "No Lung Opacity / Not Normal")])
+@pytest.mark.parametrize(
+    "name, label",
+    [
+        ("us-breast", "normal"),
+        ("nct-crc-he", "BACK"),
+        ("osteosarcoma", "Viable: Non-Viable"),
+        ("lc25000-colon", "lung_aca"),
+        ("rsna-pneumonia", "No Lung Opacity / Not Normal"),
+    ],
+)
 def test_release_labels_outside_a_set_are_excluded_by_name(name, label):
     assert CATALOG[name].resolve(label).kind == "exclude"
 
@@ -67,8 +88,9 @@ def test_every_alias_reaches_its_own_class():
             assert spec.class_index(c) == i, (spec.name, c)  # no class shadowed by another's alias
 
 
-def test_bach_with_its_real_folder_names_keeps_all_four_classes(tmp_path, pathology, class_folder_set,
-                                                                trained_checkpoint):
+def test_bach_with_its_real_folder_names_keeps_all_four_classes(
+    tmp_path, pathology, class_folder_set, trained_checkpoint
+):
     import unimed
 
     layout = {"Normal": pathology[0:3], "Benign": pathology[3:6], "InSitu": pathology[6:9], "Invasive": pathology[9:12]}
@@ -80,8 +102,9 @@ def test_bach_with_its_real_folder_names_keeps_all_four_classes(tmp_path, pathol
     assert sum(sum(row) for row in result["confusion"]) == 12
 
 
-def test_unknown_labels_are_refused_with_their_counts_before_the_model_loads(tmp_path, pathology, class_folder_set,
-                                                                             capsys):
+def test_unknown_labels_are_refused_with_their_counts_before_the_model_loads(
+    tmp_path, pathology, class_folder_set, capsys
+):
     from unimed.cli import main
 
     layout = {"Normal": pathology[0:2], "Benign": pathology[2:4], "Benign2": pathology[4:7], "InSitu": pathology[7:8]}
@@ -99,13 +122,28 @@ def test_unknown_labels_are_refused_with_their_counts_before_the_model_loads(tmp
 
 def test_exclusions_and_the_release_spellings_are_counted(tmp_path, pathology, class_folder_set):
     root = tmp_path / "sets"
-    osteo = class_folder_set(root, {"Non-Tumor": pathology[0:2], "Non-Viable-Tumor": pathology[2:5],
-                                    "Viable": pathology[5:6], "Viable: Non-Viable": pathology[6:10]}, "osteosarcoma")
+    osteo = class_folder_set(
+        root,
+        {
+            "Non-Tumor": pathology[0:2],
+            "Non-Viable-Tumor": pathology[2:5],
+            "Viable": pathology[5:6],
+            "Viable: Non-Viable": pathology[6:10],
+        },
+        "osteosarcoma",
+    )
     t = collect_targets(osteo, CATALOG["osteosarcoma"])
     assert t.per_class_n() == {"non-tumour": 2, "necrotic tumour": 3, "viable tumour": 1}
     assert t.left_out == {"excluded label 'Viable: Non-Viable'": 4} and t.total == 10
-    skin = class_folder_set(root, {"tumor_skin_melanoma_melanoma": pathology[0:2], "nevus": pathology[2:4],
-                                   "nontumor_skin_dermis_dermis": pathology[4:5]}, "skin-tumour")
+    skin = class_folder_set(
+        root,
+        {
+            "tumor_skin_melanoma_melanoma": pathology[0:2],
+            "nevus": pathology[2:4],
+            "nontumor_skin_dermis_dermis": pathology[4:5],
+        },
+        "skin-tumour",
+    )
     t = collect_targets(skin, CATALOG["skin-tumour"])
     assert t.per_class_n() == {"squamous cell carcinoma": 0, "melanoma": 2, "basal cell carcinoma": 0, "naevus": 2}
     assert t.left_out == {"excluded label 'nontumor_skin_dermis_dermis'": 1}
@@ -139,8 +177,19 @@ def chexpert(tmp_path_factory, demo_crops, ingest_convert) -> tuple[str, list[di
     root = tmp_path_factory.mktemp("chexpert")
     xray = sorted(demo_crops("train").glob("xray/*.png"))
     table = _chexpert_tree(root / "raw", xray, 80)
-    ingest_convert([str(root / "raw" / "CheXpert-v1.0-small"), "--out", str(root / "chexpert"), "--labels",
-                    str(root / "raw" / "train.csv"), "--modality", "xray", "--source", "chexpert"])
+    ingest_convert(
+        [
+            str(root / "raw" / "CheXpert-v1.0-small"),
+            "--out",
+            str(root / "chexpert"),
+            "--labels",
+            str(root / "raw" / "train.csv"),
+            "--modality",
+            "xray",
+            "--source",
+            "chexpert",
+        ]
+    )
     return str(root / "chexpert"), table
 
 
@@ -159,8 +208,11 @@ def test_chexpert_5x200_selects_one_positive_of_five_from_the_real_table(chexper
     kept = {c.lower(): min(n, 4) for c, n in ((c, one[c.lower()]) for c in FIVE)}
     assert t.per_class_n() == kept
     beyond = sum(one.values()) - sum(kept.values())
-    expected = {"none of the classes positive": none, "several of the classes positive": several,
-                "beyond 4 per class": beyond}
+    expected = {
+        "none of the classes positive": none,
+        "several of the classes positive": several,
+        "beyond 4 per class": beyond,
+    }
     assert t.left_out == {k: v for k, v in expected.items() if v}
     assert t.total == len(table) == len(t.positions) + sum(t.left_out.values())
 

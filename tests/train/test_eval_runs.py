@@ -18,20 +18,31 @@ def _run(argv: list[str], out: Path, kind: str) -> tuple[dict, str]:
 
 
 def test_eval_zeroshot_writes_one_table_and_one_json(trained_checkpoint, demo_sets, tmp_path):
-    data, table = _run(["eval", "zeroshot", "--checkpoint", trained_checkpoint["ckpt"],
-                        "--data", demo_sets["eval_root"]], tmp_path, "zeroshot")
+    data, table = _run(
+        ["eval", "zeroshot", "--checkpoint", trained_checkpoint["ckpt"], "--data", demo_sets["eval_root"]],
+        tmp_path,
+        "zeroshot",
+    )
     r = data["demo-modality"]
-    assert r["n"] == 36 and r["per_class_n"] == {m: 6 for m in ("xray", "ct", "mri", "ultrasound", "pathology", "fundus")}
+    assert r["n"] == 36 and r["per_class_n"] == {
+        m: 6 for m in ("xray", "ct", "mri", "ultrasound", "pathology", "fundus")
+    }
     assert r["top1"] == pytest.approx(sum(r["confusion"][i][i] for i in range(6)) / 36)
-    assert "xray 6, ct 6, mri 6, ultrasound 6, pathology 6, fundus 6" in table and sum(line.startswith("| --- ") for line in table.splitlines()) == 1
+    assert (
+        "xray 6, ct 6, mri 6, ultrasound 6, pathology 6, fundus 6" in table
+        and sum(line.startswith("| --- ") for line in table.splitlines()) == 1
+    )
 
 
 def test_eval_retrieval_equals_brute_force_recall(trained_checkpoint, demo_sets, tmp_path):
     import unimed
     from unimed.streaming.shards import iter_samples
 
-    data, table = _run(["eval", "retrieval", "--checkpoint", trained_checkpoint["ckpt"],
-                        "--data", demo_sets["train"]], tmp_path, "retrieval")
+    data, table = _run(
+        ["eval", "retrieval", "--checkpoint", trained_checkpoint["ckpt"], "--data", demo_sets["train"]],
+        tmp_path,
+        "retrieval",
+    )
     r = data["train-shards"]
     samples = [s for s in iter_samples(demo_sets["train"]) if s["captions"]]
     texts = sorted({c for s in samples for c in s["captions"]})
@@ -56,9 +67,22 @@ def test_eval_retrieval_equals_brute_force_recall(trained_checkpoint, demo_sets,
 
 
 def test_eval_linear_probe_on_the_training_crops_tested_on_held_out_ones(trained_checkpoint, demo_sets, tmp_path):
-    data, table = _run(["eval", "linear-probe", "--checkpoint", trained_checkpoint["ckpt"],
-                        "--data", demo_sets["train"], "--test", demo_sets["eval"], "--set", "demo-modality"],
-                       tmp_path, "linear_probe")
+    data, table = _run(
+        [
+            "eval",
+            "linear-probe",
+            "--checkpoint",
+            trained_checkpoint["ckpt"],
+            "--data",
+            demo_sets["train"],
+            "--test",
+            demo_sets["eval"],
+            "--set",
+            "demo-modality",
+        ],
+        tmp_path,
+        "linear_probe",
+    )
     r = data["demo-modality"]
     assert r["train_per_class_n"] == {m: 16 for m in r["per_class_n"]} and set(r["per_class_n"].values()) == {6}
     assert r["n"] == 36 and r["C"] in (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0) and r["features"] == 32

@@ -84,8 +84,13 @@ def test_a_sharded_checkpoint_carries_its_bundle(trained_checkpoint, images, tmp
     from torch.distributed.checkpoint import FileSystemWriter, save
 
     full = torch.load(trained_checkpoint["run_ckpt"], weights_only=False)  # ours: trusted
-    sd = {"state": {"model": full["state"]["model"], "callbacks": full["state"]["callbacks"],
-                    "timestamp": full["state"]["timestamp"]}}
+    sd = {
+        "state": {
+            "model": full["state"]["model"],
+            "callbacks": full["state"]["callbacks"],
+            "timestamp": full["state"]["timestamp"],
+        }
+    }
     save(sd, storage_writer=FileSystemWriter(str(tmp_path / "sharded")), no_dist=True)
     model = unimed.load(tmp_path / "sharded")
     assert "self-contained" in repr(model)
@@ -99,21 +104,47 @@ def _bert_dir(folder: Path, tokenizer_dir: str, hidden: int = 64, heads: int = 1
 
     tok = load_tokenizer(tokenizer_dir)
     torch.manual_seed(1)
-    BertModel(BertConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=heads,
-                         intermediate_size=2 * hidden, pad_token_id=tok.pad_token_id), add_pooling_layer=False
-              ).save_pretrained(folder)
+    BertModel(
+        BertConfig(
+            vocab_size=len(tok),
+            hidden_size=hidden,
+            num_hidden_layers=2,
+            num_attention_heads=heads,
+            intermediate_size=2 * hidden,
+            pad_token_id=tok.pad_token_id,
+        ),
+        add_pooling_layer=False,
+    ).save_pretrained(folder)
     tok.save_pretrained(folder)
     return str(folder)
 
 
 def _open_clip_model(bert: str, timm: bool = False):
     """A real open_clip CLIP with an HF text tower (CLS pooling, MLP projection), as UniMed-CLIP/BiomedCLIP."""
-    vision = ({"timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False, "timm_pool": "",
-               "timm_proj": "linear", "image_size": 224} if timm else
-              {"image_size": 32, "layers": 2, "width": 128, "head_width": 64, "patch_size": 8, "mlp_ratio": 2.0})
-    cfg = {"embed_dim": 32, "quick_gelu": True, "vision_cfg": vision,
-           "text_cfg": {"hf_model_name": bert, "hf_tokenizer_name": bert, "hf_model_pretrained": False,
-                        "hf_proj_type": "mlp", "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 32}}
+    vision = (
+        {
+            "timm_model_name": "vit_tiny_patch16_224",
+            "timm_model_pretrained": False,
+            "timm_pool": "",
+            "timm_proj": "linear",
+            "image_size": 224,
+        }
+        if timm
+        else {"image_size": 32, "layers": 2, "width": 128, "head_width": 64, "patch_size": 8, "mlp_ratio": 2.0}
+    )
+    cfg = {
+        "embed_dim": 32,
+        "quick_gelu": True,
+        "vision_cfg": vision,
+        "text_cfg": {
+            "hf_model_name": bert,
+            "hf_tokenizer_name": bert,
+            "hf_model_pretrained": False,
+            "hf_proj_type": "mlp",
+            "hf_pooler_type": "cls_last_hidden_state_pooler",
+            "context_length": 32,
+        },
+    }
     torch.manual_seed(2)
     model = open_clip.model.CustomTextCLIP(**{k: v for k, v in cfg.items()}).eval()
     return model, cfg
@@ -138,8 +169,10 @@ def foreign(tmp_path_factory, demo_sets):
     torch.save({"epoch": 10, "state_dict": {f"module.{k}": v for k, v in state.items()}}, bare)
     released = root / "released" / "unimed_clip.pt"
     released.parent.mkdir()
-    torch.save({"epoch": 10, "state_dict": {"module." + k.replace("text.", "text_encoder.", 1): v
-                                            for k, v in state.items()}}, released)
+    torch.save(
+        {"epoch": 10, "state_dict": {"module." + k.replace("text.", "text_encoder.", 1): v for k, v in state.items()}},
+        released,
+    )
     return {"model": model, "folder": folder, "bare": bare, "released": released, "bert": bert, "root": root}
 
 
@@ -147,8 +180,9 @@ def _same(ours, theirs, images: list[str]) -> None:
     x = ours.preprocess.batch(images)  # uint8: unimed's model normalizes; open_clip's takes normalized floats
     tokens = torch.as_tensor(np.stack([ours.tokenizer(t) for t in TEXTS]))
     with torch.no_grad():
-        assert torch.allclose(ours.encode_image(x), theirs.encode_image(ours.preprocess.normalize(x), normalize=True),
-                              atol=1e-5)
+        assert torch.allclose(
+            ours.encode_image(x), theirs.encode_image(ours.preprocess.normalize(x), normalize=True), atol=1e-5
+        )
         assert torch.allclose(ours.encode_text(TEXTS), theirs.encode_text(tokens, normalize=True), atol=1e-5)
 
 
@@ -195,12 +229,14 @@ def test_gelu_and_quick_gelu_mismatches_are_refused(foreign, tmp_path):
     doc = json.loads((foreign["folder"] / "open_clip_config.json").read_text())
     doc["model_cfg"]["quick_gelu"] = False
     (gelu / "open_clip_config.json").write_text(json.dumps(doc))
-    tower = VisionTransformer(VisionConfig(image_size=32, patch_size=8, width=128, layers=2, heads=2, mlp_ratio=2.0,
-                                           quick_gelu=True), 32)
+    tower = VisionTransformer(
+        VisionConfig(image_size=32, patch_size=8, width=128, layers=2, heads=2, mlp_ratio=2.0, quick_gelu=True), 32
+    )
     with pytest.raises(UserError, match="trained with GELU .* set model.vision.quick_gelu=false"):
         load_vision_weights(tower, str(gelu / "open_clip_pytorch_model.bin"))
-    tower = VisionTransformer(VisionConfig(image_size=32, patch_size=8, width=128, layers=2, heads=2, mlp_ratio=2.0,
-                                           quick_gelu=False), 32)
+    tower = VisionTransformer(
+        VisionConfig(image_size=32, patch_size=8, width=128, layers=2, heads=2, mlp_ratio=2.0, quick_gelu=False), 32
+    )
     assert load_vision_weights(tower, str(gelu)).missing == []  # the folder itself is accepted too
 
 
@@ -230,8 +266,9 @@ def test_a_tokenizer_that_is_not_the_text_towers_is_refused(foreign, demo_sets, 
     from unimed.streaming.tokenizer import train_tokenizer
     from unimed.train.checkpoint import tokenizer_for
 
-    cased = train_tokenizer(demo_sets["train"], str(tmp_path / "cased"), vocab_size=400, context_length=32,
-                            lowercase=False)  # another vocabulary (and more tokens) than the demo's lower-case one
+    cased = train_tokenizer(
+        demo_sets["train"], str(tmp_path / "cased"), vocab_size=400, context_length=32, lowercase=False
+    )  # another vocabulary (and more tokens) than the demo's lower-case one
     rows = foreign["model"].text.transformer.embeddings.word_embeddings.weight.shape[0]
     with pytest.raises(UserError, match=rf"the tokenizer has 2\d\d tokens, the text tower's embedding {rows}"):
         unimed.load(foreign["released"], tokenizer=cased)

@@ -12,10 +12,11 @@ from unimed.train.trainer import build_optimizer
 
 
 def _cfg(**vision) -> ModelConfig:
-    return ModelConfig(embed_dim=16, vision=VisionConfig(image_size=32, patch_size=8, width=32, layers=2, heads=2,
-                                                         **vision),
-                       text=TextConfig(hidden_size=32, layers=2, heads=2, intermediate_size=64, context_length=12,
-                                       dropout=0.0))
+    return ModelConfig(
+        embed_dim=16,
+        vision=VisionConfig(image_size=32, patch_size=8, width=32, layers=2, heads=2, **vision),
+        text=TextConfig(hidden_size=32, layers=2, heads=2, intermediate_size=64, context_length=12, dropout=0.0),
+    )
 
 
 def _grads(cfg: ModelConfig) -> dict[str, torch.Tensor | None]:
@@ -40,11 +41,25 @@ def test_the_last_blocks_of_a_locked_tower_stay_trainable(tiny_config):
     assert grads["visual.conv1.weight"] is None and grads["visual.transformer.resblocks.0.mlp.c_fc.weight"] is None
     for name in ("visual.transformer.resblocks.1.mlp.c_fc.weight", "visual.ln_post.weight", "visual.proj"):
         assert grads[name] is not None and float(grads[name].abs().max()) > 0, name
-    text_locked = ModelConfig(**{**_cfg().__dict__, "text": TextConfig(hidden_size=32, layers=2, heads=2,
-                                                                      intermediate_size=64, context_length=12,
-                                                                      locked=True, unlocked_layers=1)})
+    text_locked = ModelConfig(
+        **{
+            **_cfg().__dict__,
+            "text": TextConfig(
+                hidden_size=32,
+                layers=2,
+                heads=2,
+                intermediate_size=64,
+                context_length=12,
+                locked=True,
+                unlocked_layers=1,
+            ),
+        }
+    )
     g = _grads(text_locked)
-    assert g["text.bert.embeddings.word_embeddings.weight"] is None and g["text.bert.encoder.layer.0.output.dense.weight"] is None
+    assert (
+        g["text.bert.embeddings.word_embeddings.weight"] is None
+        and g["text.bert.encoder.layer.0.output.dense.weight"] is None
+    )
     assert g["text.bert.encoder.layer.1.output.dense.weight"] is not None and g["text.proj.fc2.weight"] is not None
     model = CLIPModel(_cfg(locked=True), vocab_size=50)
     opt = build_optimizer(model, tiny_config())

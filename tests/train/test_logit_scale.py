@@ -16,8 +16,11 @@ from unimed.train.trainer import train
 
 def _tiny() -> CLIPModel:
     torch.manual_seed(0)
-    cfg = ModelConfig(embed_dim=16, vision=VisionConfig(image_size=32, patch_size=8, width=32, layers=1, heads=2),
-                      text=TextConfig(hidden_size=32, layers=1, heads=2, intermediate_size=64, context_length=12))
+    cfg = ModelConfig(
+        embed_dim=16,
+        vision=VisionConfig(image_size=32, patch_size=8, width=32, layers=1, heads=2),
+        text=TextConfig(hidden_size=32, layers=1, heads=2, intermediate_size=64, context_length=12),
+    )
     return CLIPModel(cfg, vocab_size=50)
 
 
@@ -51,8 +54,16 @@ class _PushScale(Callback):
 
 def test_a_scale_pushed_above_the_bound_comes_back_below(tiny_config, tmp_path):
     log = tmp_path / "loss.jsonl"
-    cfg = tiny_config(**{"max_duration": "5ba", "loss_log": str(log), "model.vision.layers": 1,
-                         "model.text.layers": 1, "scheduler.warmup": "0ba", "optimizer.lr": 0.01})
+    cfg = tiny_config(
+        **{
+            "max_duration": "5ba",
+            "loss_log": str(log),
+            "model.vision.layers": 1,
+            "model.text.layers": 1,
+            "scheduler.warmup": "0ba",
+            "optimizer.lr": 0.01,
+        }
+    )
     trainer = train(cfg, extra_callbacks=[_PushScale()])
     rows = [json.loads(line) for line in open(log)]
     scales = [r["scale"] for r in rows]

@@ -82,8 +82,11 @@ _DEFINITIONS = {"clip": lambda i, t, s, b: _reference_clip(i, t, s), "siglip": _
 
 def _pairs(n: int = 4) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(7)
-    return {"image": torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
-            "tokens": torch.randint(1, 50, (n, 12), generator=g), "valid": torch.ones(n, dtype=torch.bool)}
+    return {
+        "image": torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+        "tokens": torch.randint(1, 50, (n, 12), generator=g),
+        "valid": torch.ones(n, dtype=torch.bool),
+    }
 
 
 @pytest.mark.parametrize("name", registered_losses())
@@ -104,8 +107,13 @@ def test_every_registered_loss_sends_gradients_through_the_model(name):
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
     needs_bias = get_loss(name).needs_bias
     assert (model.logit_bias is not None) == needs_bias
-    moved = ["visual.conv1.weight", "visual.proj", "text.bert.encoder.layer.0.attention.self.query.weight",
-             "text.proj.fc2.weight", "logit_scale"] + (["logit_bias"] if needs_bias else [])
+    moved = [
+        "visual.conv1.weight",
+        "visual.proj",
+        "text.bert.encoder.layer.0.attention.self.query.weight",
+        "text.proj.fc2.weight",
+        "logit_scale",
+    ] + (["logit_bias"] if needs_bias else [])
     grads = dict(model.named_parameters())
     for pname in moved:
         assert float(grads[pname].grad.abs().max()) > 0, pname
@@ -160,8 +168,11 @@ def test_an_unknown_loss_is_one_line_listing_the_registered_ones(registry):
 def test_composer_model_loss_and_flops():
     torch.manual_seed(3)
     cm = UnimedCLIP(CLIPModel(tiny(), vocab_size=50))
-    batch = {"image": torch.randn(4, 3, 32, 32), "tokens": torch.randint(1, 50, (4, 12)),
-             "valid": torch.tensor([True, True, False, True])}
+    batch = {
+        "image": torch.randn(4, 3, 32, 32),
+        "tokens": torch.randint(1, 50, (4, 12)),
+        "valid": torch.tensor([True, True, False, True]),
+    }
     loss = cm.loss(cm(batch), batch)
     assert loss.ndim == 0 and torch.isfinite(loss)
     f4 = cm.flops_per_batch(batch)

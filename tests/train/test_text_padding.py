@@ -17,9 +17,11 @@ from unimed.train.trainer import train
 
 def _model() -> UnimedCLIP:
     torch.manual_seed(0)
-    cfg = ModelConfig(embed_dim=16, vision=VisionConfig(image_size=32, patch_size=8, width=32, layers=1, heads=2),
-                      text=TextConfig(hidden_size=32, layers=2, heads=2, intermediate_size=64, context_length=256,
-                                      dropout=0.0))
+    cfg = ModelConfig(
+        embed_dim=16,
+        vision=VisionConfig(image_size=32, patch_size=8, width=32, layers=1, heads=2),
+        text=TextConfig(hidden_size=32, layers=2, heads=2, intermediate_size=64, context_length=256, dropout=0.0),
+    )
     return UnimedCLIP(CLIPModel(cfg, vocab_size=60))
 
 
@@ -67,11 +69,18 @@ def _losses(path) -> list[float]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None and shutil.which("clang") is None,
-                    reason="torch.compile on CPU needs a C++ compiler (none found)")
+@pytest.mark.skipif(
+    shutil.which("gcc") is None and shutil.which("cc") is None and shutil.which("clang") is None,
+    reason="torch.compile on CPU needs a C++ compiler (none found)",
+)
 def test_compile_true_trains_on_cpu_and_matches_eager(tiny_config, tmp_path):
-    common = {"max_duration": "2ba", "model.vision.layers": 1, "model.text.layers": 1, "model.text.dropout": 0.0,
-              "data.batch_size": 4}
+    common = {
+        "max_duration": "2ba",
+        "model.vision.layers": 1,
+        "model.text.layers": 1,
+        "model.text.dropout": 0.0,
+        "data.batch_size": 4,
+    }
     eager = tiny_config(loss_log=str(tmp_path / "e.jsonl"), **common)
     train(eager)
     compiled = tiny_config(loss_log=str(tmp_path / "c.jsonl"), compile="true", **common)

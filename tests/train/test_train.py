@@ -33,10 +33,19 @@ def _losses(path) -> dict[int, float]:
 
 def _cfg(tiny_config, folder, **extra):
     # train=true: random crops and flips on; the dataset draws them from (seed, epoch, sample id), so
-    # the resumed run sees the very same pixels. dropout 0: with dropout on, the resumed run's dropout stream differs from the uninterrupted one
+    # the resumed run sees the very same pixels. dropout 0: with dropout on, the resumed run's dropout stream
+    # differs from the uninterrupted one
     # (the global RNG is not at the same point after a resume, even with the loader's own generator).
-    return tiny_config(**{"max_duration": "6ba", "data.train": "true", "data.shuffle": "true",
-                          "loss_log": str(folder / "loss.jsonl"), "model.text.dropout": 0.0, **extra})
+    return tiny_config(
+        **{
+            "max_duration": "6ba",
+            "data.train": "true",
+            "data.shuffle": "true",
+            "loss_log": str(folder / "loss.jsonl"),
+            "model.text.dropout": 0.0,
+            **extra,
+        }
+    )
 
 
 @pytest.mark.slow
@@ -47,16 +56,22 @@ def test_crash_and_autoresume_equal_an_uninterrupted_run(demo_sets, tiny_config,
     assert sorted(expected) == [1, 2, 3, 4, 5, 6]
     assert all(v == v and v > 0 for v in expected.values())
 
-    cfg = _cfg(tiny_config, tmp_path / "run", save_folder=str(tmp_path / "run" / "ckpt"), save_interval="3ba",
-               export_path=str(tmp_path / "run" / "model.pt"))
+    cfg = _cfg(
+        tiny_config,
+        tmp_path / "run",
+        save_folder=str(tmp_path / "run" / "ckpt"),
+        save_interval="3ba",
+        export_path=str(tmp_path / "run" / "model.pt"),
+    )
     with pytest.raises(KeyboardInterrupt):
         train(cfg, extra_callbacks=[_Crash(5)])
     assert (tmp_path / "run" / "ckpt" / "ep0-ba3-rank0.pt").is_file()
     with caplog.at_level(logging.WARNING, logger="unimed.train.trainer"):
         train(cfg)  # the same command again: continues after batch 3 (the last checkpoint) with the loader where it was
     resumed = [r.getMessage() for r in caplog.records if "resumed from" in r.getMessage()]
-    assert resumed == [f"unimed.train: resumed from {tmp_path / 'run' / 'ckpt' / 'ep0-ba3-rank0.pt'} at batch 3, "
-                       "sample 24 (epoch 0)"]
+    assert resumed == [
+        f"unimed.train: resumed from {tmp_path / 'run' / 'ckpt' / 'ep0-ba3-rank0.pt'} at batch 3, sample 24 (epoch 0)"
+    ]
     got = _losses(tmp_path / "run" / "loss.jsonl")
     assert sorted(got) == [1, 2, 3, 4, 5, 6]
     for step in range(1, 7):
@@ -66,13 +81,33 @@ def test_crash_and_autoresume_equal_an_uninterrupted_run(demo_sets, tiny_config,
     from unimed.cli import main as unimed_main
 
     out = tmp_path / "eval"
-    rc = unimed_main(["eval", "zeroshot", "--checkpoint", str(tmp_path / "run" / "ckpt" / "ep0-ba6-rank0.pt"),
-                      "--data", demo_sets["eval_root"], "--out", str(out)])
+    rc = unimed_main(
+        [
+            "eval",
+            "zeroshot",
+            "--checkpoint",
+            str(tmp_path / "run" / "ckpt" / "ep0-ba6-rank0.pt"),
+            "--data",
+            demo_sets["eval_root"],
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     table = json.loads((out / "zeroshot.json").read_text())
     assert table["demo-modality"]["n"] == 36
-    rc = unimed_main(["eval", "zeroshot", "--checkpoint", str(tmp_path / "run" / "model.pt"),
-                      "--config", str(tmp_path / "run" / "ckpt" / "config.yaml"), "--data", demo_sets["eval"]])
+    rc = unimed_main(
+        [
+            "eval",
+            "zeroshot",
+            "--checkpoint",
+            str(tmp_path / "run" / "model.pt"),
+            "--config",
+            str(tmp_path / "run" / "ckpt" / "config.yaml"),
+            "--data",
+            demo_sets["eval"],
+        ]
+    )
     assert rc == 0
 
 

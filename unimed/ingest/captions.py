@@ -28,14 +28,32 @@ import yaml
 
 from unimed.errors import UserError
 
-__all__ = ["Bank", "Finding", "BANK_DIR", "NEGATIVE", "load_bank", "default_banks", "split_label", "CaptionEngine",
-           "fix_articles"]
+__all__ = [
+    "Bank",
+    "Finding",
+    "BANK_DIR",
+    "NEGATIVE",
+    "load_bank",
+    "default_banks",
+    "split_label",
+    "CaptionEngine",
+    "fix_articles",
+]
 
 BANK_DIR = Path(__file__).parent / "banks"
 NEGATIVE = "-"  # prefix of a negative finding in a label list
 _REQUIRED = ("names", "templates", "multi", "unlabeled", "unlabeled_no_anatomy")
-_LISTS = ("names", "templates", "anatomy_templates", "multi", "negative", "negative_clause", "unlabeled",
-          "unlabeled_no_anatomy")
+_LISTS = (
+    "names",
+    "templates",
+    "anatomy_templates",
+    "multi",
+    "negative",
+    "negative_clause",
+    "unlabeled",
+    "unlabeled_no_anatomy",
+)
+
 
 @dataclass
 class Finding:
@@ -44,8 +62,10 @@ class Finding:
     say: list[str]
     anatomy: str | None = None
 
+
 def _norm(label: str) -> str:
     return re.sub(r"[\s_]+", " ", str(label)).strip().lower()
+
 
 @dataclass
 class Bank:
@@ -79,6 +99,7 @@ class Bank:
     def _alias_map(self) -> dict[str, str]:
         return {_norm(k): v for k, v in self.aliases.items()}
 
+
 def _finding(name: str, value: Any, path: Path) -> Finding:
     if isinstance(value, str):
         return Finding([value])
@@ -88,6 +109,7 @@ def _finding(name: str, value: Any, path: Path) -> Finding:
         say = value["say"]
         return Finding([str(v) for v in (say if isinstance(say, list) else [say])], value.get("anatomy"))
     raise UserError(f"{path}: finding {name!r} needs 'say' (noun phrases) and optionally 'anatomy'")
+
 
 def load_bank(path: str | Path, partial: bool = False) -> Bank:
     """Load and check one bank file; ``partial`` allows a bank of classes only (its base fills the rest)."""
@@ -112,11 +134,19 @@ def load_bank(path: str | Path, partial: bool = False) -> Bank:
         findings={str(k): _finding(str(k), v, path) for k, v in (doc.get("findings") or {}).items()},
     )
 
+
 def _merge(base: Bank, extra: Bank) -> Bank:
     """``extra`` over ``base``: its lists replace the base's where given; classes and aliases add up."""
     lists = {k: getattr(extra, k) or getattr(base, k) for k in _LISTS}
-    return replace(base, modality=extra.modality, **lists, classes={**base.classes, **extra.classes},
-                   aliases={**base.aliases, **extra.aliases}, findings={**base.findings, **extra.findings})
+    return replace(
+        base,
+        modality=extra.modality,
+        **lists,
+        classes={**base.classes, **extra.classes},
+        aliases={**base.aliases, **extra.aliases},
+        findings={**base.findings, **extra.findings},
+    )
+
 
 @functools.lru_cache(maxsize=1)
 def default_banks() -> dict[str, Bank]:
@@ -128,30 +158,35 @@ def default_banks() -> dict[str, Bank]:
     generic = banks["other"]
     return {m: _merge(generic, b) for m, b in banks.items()}
 
+
 def _cap(text: str) -> str:
     return text[:1].upper() + text[1:] if text else text
+
 
 def _join(items: list[str], word: str = "and") -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" {word} " + items[-1]
 
+
 def _label_text(label: str) -> str:
     return label.replace("_", " ").strip().lower()
+
 
 def split_label(label: str) -> tuple[bool, str | None, str]:
     """``(negative, anatomy, name)`` of a label such as ``-Edema`` or ``knee/acl_pathology``."""
     label = str(label).strip()
     negative = label.startswith(NEGATIVE)
-    label = label[len(NEGATIVE):].strip() if negative else label
+    label = label[len(NEGATIVE) :].strip() if negative else label
     anatomy = None
     if "/" in label:
         anatomy, label = (part.strip() for part in label.rsplit("/", 1))
         anatomy = anatomy.rsplit("/", 1)[-1].replace("_", " ").lower() or None
     return negative, anatomy, label
 
+
 def _split(bank: Bank, label: str) -> tuple[bool, str | None, str]:
     """:func:`split_label`, except that a label the bank knows whole (``Nodule/Mass``) is not split."""
     negative, anatomy, name = split_label(label)
-    whole = str(label).strip()[len(NEGATIVE):].strip() if negative else str(label).strip()
+    whole = str(label).strip()[len(NEGATIVE) :].strip() if negative else str(label).strip()
     if anatomy is not None and bank.resolve(whole) is not None:
         return negative, None, whole
     return negative, anatomy, name
@@ -160,6 +195,7 @@ def _split(bank: Bank, label: str) -> tuple[bool, str | None, str]:
 class _Fields(dict):
     def __missing__(self, key: str) -> str:  # a phrasing naming a field this caption lacks keeps it visible
         return "{" + key + "}"
+
 
 #: Letters whose spoken name starts with a vowel sound ("an MRI", "an X-ray", "an H&E stain").
 _VOWEL_LETTERS = frozenset("AEFHILMNORSX")
@@ -196,6 +232,7 @@ def fix_articles(text: str) -> str:
 
 def _fmt(template: str, **kw: str) -> str:
     return fix_articles(template.format_map(_Fields(kw)))
+
 
 class CaptionEngine:
     """Turns (modality, labels, anatomy) into the list of captions a sample stores."""
@@ -238,16 +275,17 @@ class CaptionEngine:
         cls = bank.resolve(name)
         names, out = bank.names, []
         if cls in bank.classes:  # full sentences; a generated bank's may name {modality} or {anatomy}
-            return [_fmt(p, modality=names[i % len(names)], anatomy=anatomy or "") if "{" in p else p
-                    for i, p in enumerate(bank.classes[cls])]
+            return [
+                _fmt(p, modality=names[i % len(names)], anatomy=anatomy or "") if "{" in p else p
+                for i, p in enumerate(bank.classes[cls])
+            ]
         finding = bank.findings.get(cls) if cls else None
         say = finding.say if finding else [_label_text(name)]
         anat = anatomy or (finding.anatomy if finding else None)
         templates = bank.anatomy_templates if anat and bank.anatomy_templates else bank.templates
         for i, t in enumerate(templates):
             m, lab = names[i % len(names)], say[i % len(say)]
-            out.append(_fmt(t, modality=m, modality_cap=_cap(m), label=lab, label_cap=_cap(lab),
-                            anatomy=anat or ""))
+            out.append(_fmt(t, modality=m, modality_cap=_cap(m), label=lab, label_cap=_cap(lab), anatomy=anat or ""))
         return out
 
     def captions(self, modality: str, labels: list[str], anatomy: str | None = None) -> list[str]:
@@ -257,8 +295,9 @@ class CaptionEngine:
         negative = [self._negative(bank, lab) for lab in labels]
         positives = [lab for lab, neg in zip(labels, negative) if not neg]
         # A negated "No Finding" (CheXpert's 0 in that column) says only that there are findings: dropped.
-        negatives = [lab for lab, neg in zip(labels, negative)
-                     if neg and not self._text(bank, lab)[0].lower().startswith("no ")]
+        negatives = [
+            lab for lab, neg in zip(labels, negative) if neg and not self._text(bank, lab)[0].lower().startswith("no ")
+        ]
         # "No Finding" beside findings (CheXpert marks support devices so): said apart, never joined
         # into "showing no finding and support devices".
         nothing = [lab for lab in positives if self._text(bank, lab)[0].lower().startswith("no ")]
@@ -286,8 +325,10 @@ class CaptionEngine:
             negs = _join([self._text(bank, lab)[0] for lab in negatives], "or")
             if out:
                 clauses = bank.negative_clause
-                out = [f"{c} {_fmt(clauses[i % len(clauses)], negatives=negs, negatives_cap=_cap(negs))}"
-                       for i, c in enumerate(out)]
+                out = [
+                    f"{c} {_fmt(clauses[i % len(clauses)], negatives=negs, negatives_cap=_cap(negs))}"
+                    for i, c in enumerate(out)
+                ]
             else:
                 for i, t in enumerate(bank.negative):
                     m = names[i % len(names)]

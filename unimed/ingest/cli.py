@@ -46,54 +46,152 @@ def _convert_flags() -> list[tuple[str, str, dict[str, Any]]]:
     from unimed.schema import CODECS
 
     return [
-        ("report", "--report", dict(metavar="DIR", help="operator's report folder, outside --out: rejected inputs with "
-                                    "their paths (default OUT.report; for an s3:// --out STAGING.report, never uploaded)")),
-        ("staging", "--staging", dict(metavar="DIR", help="s3:// --out: the local folder chunks are written to before "
-                                      "upload, and the resume state (default: under $UNIMED_CACHE_DIR or ~/.cache/unimed)")),
-        ("show_paths", "--show-paths",
-         dict(help="print rejected inputs by path on stderr (default: by uid; paths may carry patient names)")),
-        ("modality", "--modality", dict(metavar="MODALITY", help="modality of inputs that carry none (PNG/JPEG, NIfTI, "
-                                        "DICOM without Modality; slides are pathology): xray|ct|mri|ultrasound|pathology|fundus|other, "
-                                        "or auto (reject those) (default %(default)s); DICOM keeps its own")),
-        ("force_modality", "--force-modality", dict(metavar="MODALITY", help="modality of every input, whatever it "
-                                                    "carries (DICOM Modality included); not with --modality")),
+        (
+            "report",
+            "--report",
+            dict(
+                metavar="DIR",
+                help="operator's report folder, outside --out: rejected inputs with "
+                "their paths (default OUT.report; for an s3:// --out STAGING.report, never uploaded)",
+            ),
+        ),
+        (
+            "staging",
+            "--staging",
+            dict(
+                metavar="DIR",
+                help="s3:// --out: the local folder chunks are written to before "
+                "upload, and the resume state (default: under $UNIMED_CACHE_DIR or ~/.cache/unimed)",
+            ),
+        ),
+        (
+            "show_paths",
+            "--show-paths",
+            dict(help="print rejected inputs by path on stderr (default: by uid; paths may carry patient names)"),
+        ),
+        (
+            "modality",
+            "--modality",
+            dict(
+                metavar="MODALITY",
+                help="modality of inputs that carry none (PNG/JPEG, NIfTI, "
+                "DICOM without Modality; slides are pathology): xray|ct|mri|ultrasound|pathology|fundus|other, "
+                "or auto (reject those) (default %(default)s); DICOM keeps its own",
+            ),
+        ),
+        (
+            "force_modality",
+            "--force-modality",
+            dict(
+                metavar="MODALITY",
+                help="modality of every input, whatever it carries (DICOM Modality included); not with --modality",
+            ),
+        ),
         ("labels", "--labels", dict(metavar="CSV", help="label table: path column and labels (or 0/1 class columns)")),
         ("class_folders", "--class-folders", dict(help="label = first folder below each input folder")),
         ("banks", "--captions", dict(metavar="BANK.yaml", action="append", help="extra caption bank(s)")),
-        ("source_name", "--source",
-         dict(help="dataset name stored in each sample, e.g. chexpert (default: local; never taken from a path)")),
-        ("text", "--text", dict(choices=TEXT_MODES, help="free text (reports, manifest captions): scrub removes PHI; "
-                                "findings keeps only sentences made of clinical vocabulary (default %(default)s)")),
-        ("workers", "--workers", dict(help="worker processes (default %(default)s); with --engine ray, chunks are cut "
-                                      "for this many tasks or the cluster's CPUs, whichever is more")),
-        ("engine", "--engine", dict(choices=ENGINES, help="local: worker processes on this machine; ray: one Ray task "
-                                    "per chunk, on a cluster sharing the inputs' and --out's file system (pip install "
-                                    "'unimed[ray]') (default %(default)s)")),
-        ("address", "--address", dict(metavar="ADDR", help="--engine ray: the cluster to join (auto, or HOST:PORT of "
-                                      "`ray start --head`; default: $RAY_ADDRESS, else the one `ray start` began here, "
-                                      "else a new one here)")),
+        (
+            "source_name",
+            "--source",
+            dict(help="dataset name stored in each sample, e.g. chexpert (default: local; never taken from a path)"),
+        ),
+        (
+            "text",
+            "--text",
+            dict(
+                choices=TEXT_MODES,
+                help="free text (reports, manifest captions): scrub removes PHI; "
+                "findings keeps only sentences made of clinical vocabulary (default %(default)s)",
+            ),
+        ),
+        (
+            "workers",
+            "--workers",
+            dict(
+                help="worker processes (default %(default)s); with --engine ray, chunks are cut "
+                "for this many tasks or the cluster's CPUs, whichever is more"
+            ),
+        ),
+        (
+            "engine",
+            "--engine",
+            dict(
+                choices=ENGINES,
+                help="local: worker processes on this machine; ray: one Ray task "
+                "per chunk, on a cluster sharing the inputs' and --out's file system (pip install "
+                "'unimed[ray]') (default %(default)s)",
+            ),
+        ),
+        (
+            "address",
+            "--address",
+            dict(
+                metavar="ADDR",
+                help="--engine ray: the cluster to join (auto, or HOST:PORT of "
+                "`ray start --head`; default: $RAY_ADDRESS, else the one `ray start` began here, "
+                "else a new one here)",
+            ),
+        ),
         ("codec", "--codec", dict(choices=CODECS, help="(default %(default)s)")),
         ("quality", "--quality", dict(help="JPEG quality (default %(default)s)")),
-        ("max_side", "--max-size", dict(help="longer side of stored images in pixels (default %(default)s; 0 keeps the "
-                                        "original)")),
+        (
+            "max_side",
+            "--max-size",
+            dict(help="longer side of stored images in pixels (default %(default)s; 0 keeps the original)"),
+        ),
         ("bits", "--bits", dict(choices=[8, 16], help="16 keeps 16-bit PNG output (default %(default)s)")),
-        ("size_limit", "--size-limit", dict(type=parse_size, help="shard size before compression (default %(default)s)")),
-        ("compression", "--compression", dict(type=_compression, help="zstd[:LEVEL] or none (default %(default)s: 94%% "
-                                              "of level 3's saving at 0.4 of its cost)")),
-        ("num_shards", "--num-shards", dict(help="split the job over K machines (with --shard-index; then `ingest merge "
-                                            "OUT PART...`)")),
+        (
+            "size_limit",
+            "--size-limit",
+            dict(type=parse_size, help="shard size before compression (default %(default)s)"),
+        ),
+        (
+            "compression",
+            "--compression",
+            dict(
+                type=_compression,
+                help="zstd[:LEVEL] or none (default %(default)s: 94%% of level 3's saving at 0.4 of its cost)",
+            ),
+        ),
+        (
+            "num_shards",
+            "--num-shards",
+            dict(help="split the job over K machines (with --shard-index; then `ingest merge OUT PART...`)"),
+        ),
         ("shard_index", "--shard-index", dict(type=int, help="this machine's part, 0..K-1")),
         ("resume", "--resume", dict(help="continue an interrupted run in --out")),
-        ("overwrite", "--overwrite", dict(help="replace the dataset an earlier run left in --out (and its report folder)")),
+        (
+            "overwrite",
+            "--overwrite",
+            dict(help="replace the dataset an earlier run left in --out (and its report folder)"),
+        ),
         ("strict", "--strict", dict(help="exit non-zero if any input was rejected")),
-        ("window", "--window", dict(help="auto, file, a named HU window (soft_tissue, lung, bone, brain, ...), C:W, or 3 "
-                                    "as channels (default %(default)s)")),
-        ("axis", "--axis", dict(choices=["auto", "axial", "coronal", "sagittal", "0", "1", "2"],
-                                help="volumes: auto (acquisition plane), axial, coronal, sagittal, or an array axis")),
-        ("allow_burned_in", "--allow-burned-in",
-         dict(help="accept images that may carry burned-in text (only for archives already cleaned)")),
-        ("uid_key_file", "--uid-key-file",
-         dict(help="secret key of the uid hash (default: $UNIMED_UID_KEY or ~/.config/unimed)")),
+        (
+            "window",
+            "--window",
+            dict(
+                help="auto, file, a named HU window (soft_tissue, lung, bone, brain, ...), C:W, or 3 "
+                "as channels (default %(default)s)"
+            ),
+        ),
+        (
+            "axis",
+            "--axis",
+            dict(
+                choices=["auto", "axial", "coronal", "sagittal", "0", "1", "2"],
+                help="volumes: auto (acquisition plane), axial, coronal, sagittal, or an array axis",
+            ),
+        ),
+        (
+            "allow_burned_in",
+            "--allow-burned-in",
+            dict(help="accept images that may carry burned-in text (only for archives already cleaned)"),
+        ),
+        (
+            "uid_key_file",
+            "--uid-key-file",
+            dict(help="secret key of the uid hash (default: $UNIMED_UID_KEY or ~/.config/unimed)"),
+        ),
         ("tile_size", "--tile-size", dict(help="slides: tile side in pixels (default %(default)s)")),
         ("mpp", "--mpp", dict(help="slides: microns per pixel of the tiles (default %(default)s, ~20x)")),
         ("level", "--level", dict(type=int, help="slides: pyramid level instead of --mpp")),
@@ -125,12 +223,30 @@ def _default(name: str) -> Any:
 def _convert_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert DICOM, NIfTI and images into MDS shards")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders (recursive) or globs")
-    p.add_argument("--out", required=True,
-                   help="dataset folder (MDS shards, index.json, summary.json, rejects.jsonl by uid); names no input "
-                        "path; or s3://BUCKET/PREFIX (staged locally, uploaded chunk by chunk, index.json last)")
-    metavars = {"workers": "N", "quality": "Q", "max_side": "PX", "size_limit": "SIZE", "compression": "ZSTD",
-                "num_shards": "K", "shard_index": "I", "window": "WINDOW", "uid_key_file": "KEY", "tile_size": "PX",
-                "mpp": "MPP", "level": "L", "min_tissue": "F", "max_tiles": "N", "chunk_mb": "MB", "source_name": "NAME"}
+    p.add_argument(
+        "--out",
+        required=True,
+        help="dataset folder (MDS shards, index.json, summary.json, rejects.jsonl by uid); names no input "
+        "path; or s3://BUCKET/PREFIX (staged locally, uploaded chunk by chunk, index.json last)",
+    )
+    metavars = {
+        "workers": "N",
+        "quality": "Q",
+        "max_side": "PX",
+        "size_limit": "SIZE",
+        "compression": "ZSTD",
+        "num_shards": "K",
+        "shard_index": "I",
+        "window": "WINDOW",
+        "uid_key_file": "KEY",
+        "tile_size": "PX",
+        "mpp": "MPP",
+        "level": "L",
+        "min_tissue": "F",
+        "max_tiles": "N",
+        "chunk_mb": "MB",
+        "source_name": "NAME",
+    }
     for name, flag, kw in _convert_flags():
         kw = dict(kw, dest=name)
         if name in metavars:
@@ -157,16 +273,19 @@ def _convert_config(args: argparse.Namespace) -> Any:
     kw = {k: v for k, v in vars(args).items() if k not in ("cmd", "func")}
     forced = kw.pop("force_modality")
     if forced is not None and kw["modality"] is not None:
-        raise UserError("--modality and --force-modality: give one (--modality for inputs that carry no modality, "
-                        "--force-modality for every input)")
+        raise UserError(
+            "--modality and --force-modality: give one (--modality for inputs that carry no modality, "
+            "--force-modality for every input)"
+        )
     if forced is not None:
         kw.update(modality=forced, force_modality=True)
     if kw["modality"] is None:
         del kw["modality"]
     if kw["shard_index"] is None:
         if kw["num_shards"] > 1:  # else every machine of the job would convert part 0
-            raise UserError(f"--num-shards {kw['num_shards']} needs --shard-index: this machine's part, "
-                            f"0..{kw['num_shards'] - 1}")
+            raise UserError(
+                f"--num-shards {kw['num_shards']} needs --shard-index: this machine's part, 0..{kw['num_shards'] - 1}"
+            )
         del kw["shard_index"]
     return ConvertConfig(**kw)
 
@@ -180,8 +299,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     rejected = f"{summary['rejects']} rejected"
     if summary["rejects"]:
         rejected += f" (paths in {os.path.join(cfg.report_dir, 'rejects.jsonl')})"
-    print(f"converted {summary['images']} images ({mods}) into {cfg.out}; {rejected}; "
-          f"{summary['images_per_second']} img/s")
+    print(
+        f"converted {summary['images']} images ({mods}) into {cfg.out}; {rejected}; "
+        f"{summary['images_per_second']} img/s"
+    )
     if not summary["images"]:
         print(f"ingest: error: {_nothing_converted(cfg.local_out, cfg.out)}", file=sys.stderr)
         return 1
@@ -201,8 +322,10 @@ def _nothing_converted(local_out: str, out: str) -> str:
     if reasons:
         reason, n = reasons.most_common(1)[0]
         why = f": {reason} ({n} of {sum(reasons.values())} inputs)"
-    return (f"no image was converted{why}; every reason is in {os.path.join(out, 'rejects.jsonl')}; once fixed, "
-            "run again with --overwrite")
+    return (
+        f"no image was converted{why}; every reason is in {os.path.join(out, 'rejects.jsonl')}; once fixed, "
+        "run again with --overwrite"
+    )
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -211,8 +334,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     faults, counts = verify(args.dir, decode=not args.no_decode, progress=args.progress)
     for f in faults:
         print(f"fault {f}", file=sys.stderr)
-    print(f"{'FAIL' if faults else 'OK'}: {counts['samples']} samples in {counts['shards']} shards, "
-          f"{len(faults)} faults")
+    print(
+        f"{'FAIL' if faults else 'OK'}: {counts['samples']} samples in {counts['shards']} shards, {len(faults)} faults"
+    )
     return 1 if faults else 0
 
 
@@ -237,40 +361,64 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     summary = merge_parts(args.out, args.parts, args.report, progress=args.progress)
     for p in args.parts:
         if not os.path.isdir(default_report_dir(p)):
-            print(f"note: {default_report_dir(p)} not found: the merged report lacks the paths of that part's "
-                  "rejects (the dataset's rejects.jsonl has them by uid)", file=sys.stderr)
-    print(f"merged {len(args.parts)} parts ({summary['chunks']} chunk folders): {summary['images']} images, "
-          f"{summary['rejects']} rejected, into {args.out}")
+            print(
+                f"note: {default_report_dir(p)} not found: the merged report lacks the paths of that part's "
+                "rejects (the dataset's rejects.jsonl has them by uid)",
+                file=sys.stderr,
+            )
+    print(
+        f"merged {len(args.parts)} parts ({summary['chunks']} chunk folders): {summary['images']} images, "
+        f"{summary['rejects']} rejected, into {args.out}"
+    )
     return 0
 
 
 def _cmd_split(args: argparse.Namespace) -> int:
     from unimed.ingest.split import SplitConfig, report_lines, split
 
-    report = split(SplitConfig(folder=args.dir, by=args.by, fractions=args.fractions, seed=args.seed,
-                               out=args.out, names=args.names, progress=args.progress))
+    report = split(
+        SplitConfig(
+            folder=args.dir,
+            by=args.by,
+            fractions=args.fractions,
+            seed=args.seed,
+            out=args.out,
+            names=args.names,
+            progress=args.progress,
+        )
+    )
     print("\n".join(report_lines(report)))
     return 0
 
 
 def _progress_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress line (off a terminal it is a plain line every few seconds)")
+    p.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress line (off a terminal it is a plain line every few seconds)",
+    )
 
 
 def _split_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
-        "split", help="train/val/test folders with no patient (or study) in two of them",
+        "split",
+        help="train/val/test folders with no patient (or study) in two of them",
         description="Write one MDS folder per split (OUT/train, OUT/val, OUT/test, each with summary.json; "
-                    "OUT/split.json) so that no patient (--by patient) or study (--by study) is in two splits. "
-                    "A group's split comes from a hash of its keyed patient or study key and --seed: the same "
-                    "seed gives the same split, and a patient keeps its split when data is added. The fractions "
-                    "hold in expectation; the achieved ones, in samples and in patients, are printed. A sample "
-                    "without a key (PNG/JPEG folders, NIfTI volumes, DICOM without PatientID) is a group of its "
-                    "own. Folders converted before patient keys were stored must be re-converted.")
+        "OUT/split.json) so that no patient (--by patient) or study (--by study) is in two splits. "
+        "A group's split comes from a hash of its keyed patient or study key and --seed: the same "
+        "seed gives the same split, and a patient keeps its split when data is added. The fractions "
+        "hold in expectation; the achieved ones, in samples and in patients, are printed. A sample "
+        "without a key (PNG/JPEG folders, NIfTI volumes, DICOM without PatientID) is a group of its "
+        "own. Folders converted before patient keys were stored must be re-converted.",
+    )
     s.add_argument("dir", help="a folder written by `ingest convert`")
-    s.add_argument("--by", default="patient", choices=["patient", "study"],
-                   help="the key no two splits may share (default patient)")
+    s.add_argument(
+        "--by",
+        default="patient",
+        choices=["patient", "study"],
+        help="the key no two splits may share (default patient)",
+    )
     s.add_argument("--fractions", default="0.8,0.1,0.1", help="one per split, summing to 1 (default 0.8,0.1,0.1)")
     s.add_argument("--seed", type=int, default=0, help="another seed, another draw (default 0)")
     s.add_argument("--out", metavar="OUTDIR", help="folder of the splits, outside DIR (default DIR.split beside DIR)")
@@ -319,23 +467,32 @@ def build_parser() -> argparse.ArgumentParser:
     _progress_arg(i)
     i.set_defaults(func=_cmd_inspect)
     m = sub.add_parser(
-        "merge", help="merge the parts of a split job (--num-shards) into a new folder OUT",
+        "merge",
+        help="merge the parts of a split job (--num-shards) into a new folder OUT",
         description="Merge the parts of a split job: each PART is the --out of one `ingest convert --num-shards K "
-                    "--shard-index I`. Every part must be there once and finished, all of one job (inputs, options) "
-                    "and one uid key; their chunk folders (hard links where the file system allows), plan-time "
-                    "rejects and report parts (PART.report) go into OUT, then the index. With no PART, OUT is a "
-                    "folder holding a whole conversion whose index.json, rejects.jsonl and summary.json are rebuilt "
-                    "in place.")
+        "--shard-index I`. Every part must be there once and finished, all of one job (inputs, options) "
+        "and one uid key; their chunk folders (hard links where the file system allows), plan-time "
+        "rejects and report parts (PART.report) go into OUT, then the index. With no PART, OUT is a "
+        "folder holding a whole conversion whose index.json, rejects.jsonl and summary.json are rebuilt "
+        "in place.",
+    )
     m.add_argument("out", metavar="OUT", help="the merged dataset folder: new or empty")
     m.add_argument("parts", nargs="*", metavar="PART", help="the parts' --out folders, one per --shard-index")
     m.add_argument("--report", metavar="DIR", help="report folder of OUT (default OUT.report)")
     _progress_arg(m)
     m.set_defaults(func=_cmd_merge)
     _split_parser(sub)
-    c = sub.add_parser("captions", help="preview the captions a label table turns into; list classes with no bank entry")
+    c = sub.add_parser(
+        "captions", help="preview the captions a label table turns into; list classes with no bank entry"
+    )
     c.add_argument("--labels", required=True, metavar="CSV", help="label table (as for convert --labels)")
-    c.add_argument("--bank", action="append", default=[], metavar="BANK.yaml",
-                   help="extra caption bank(s), e.g. one generated offline by a language model")
+    c.add_argument(
+        "--bank",
+        action="append",
+        default=[],
+        metavar="BANK.yaml",
+        help="extra caption bank(s), e.g. one generated offline by a language model",
+    )
     c.add_argument("--modality", help="modality of rows without a modality column (default: the bank's)")
     c.add_argument("--examples", type=int, default=5, help="label sets shown (the most frequent)")
     c.add_argument("--json", action="store_true", help="print the whole preview as JSON")

@@ -56,8 +56,17 @@ from unimed.ingest.writer import PARTS_DIR, ChunkSpec, WriteOptions, process_chu
 from unimed.remote import Store, is_remote
 from unimed.schema import CODECS, MODALITIES
 
-__all__ = ["ConvertConfig", "convert", "convert_chunk", "discover", "plan", "merge", "DEFAULT_SOURCE", "TEXT_MODES",
-           "ENGINES"]
+__all__ = [
+    "ConvertConfig",
+    "convert",
+    "convert_chunk",
+    "discover",
+    "plan",
+    "merge",
+    "DEFAULT_SOURCE",
+    "TEXT_MODES",
+    "ENGINES",
+]
 
 #: ``source`` of every sample when ``--source`` is not given: neutral, never derived from a path.
 DEFAULT_SOURCE = "local"
@@ -74,8 +83,11 @@ _FLAT_ALIASES = {"captions": "banks"}
 
 def _defaults(cls: type) -> dict[str, Any]:
     """The default of every field of a dataclass (a factory called once)."""
-    return {f.name: f.default_factory() if f.default_factory is not MISSING else f.default
-            for f in fields(cls) if f.default is not MISSING or f.default_factory is not MISSING}
+    return {
+        f.name: f.default_factory() if f.default_factory is not MISSING else f.default
+        for f in fields(cls)
+        if f.default is not MISSING or f.default_factory is not MISSING
+    }
 
 
 @dataclass(init=False)
@@ -112,8 +124,9 @@ class ConvertConfig:
     chunk_mb: float = 64.0
     progress: bool = True
 
-    def __init__(self, inputs: list[str], out: str, read: Options | None = None, write: WriteOptions | None = None,
-                 **kw: Any) -> None:
+    def __init__(
+        self, inputs: list[str], out: str, read: Options | None = None, write: WriteOptions | None = None, **kw: Any
+    ) -> None:
         nested = {"read": (Options, read), "write": (WriteOptions, write)}
         for part, (cls, given) in nested.items():
             names = {f.name for f in fields(cls)}
@@ -162,8 +175,9 @@ class ConvertConfig:
             raise UserError(f"--out {self.out}: is a file; give a folder")
         flag = "--force-modality" if r.force_modality else "--modality"
         if r.modality not in MODALITIES and (r.force_modality or r.modality != "auto"):
-            raise UserError(f"{flag} {r.modality}: use {'' if r.force_modality else 'auto or '}one of "
-                            f"{', '.join(MODALITIES)}")
+            raise UserError(
+                f"{flag} {r.modality}: use {'' if r.force_modality else 'auto or '}one of {', '.join(MODALITIES)}"
+            )
         if w.codec not in CODECS:
             raise UserError(f"--codec {w.codec}: use {' or '.join(CODECS)}")
         if r.bits not in (8, 16) or (r.bits == 16 and w.codec != "png"):
@@ -174,8 +188,10 @@ class ConvertConfig:
             raise UserError(f"--shard-index {self.shard_index} must lie in 0..{self.num_shards - 1}")
         if self.num_shards > 1 and is_remote(self.out):
             # Each part would publish an index.json of its own part over the one prefix.
-            raise UserError("--num-shards with an s3:// --out: write each part to a shared folder, `ingest merge` "
-                            "them, then convert or copy the merged folder to the bucket (or use --engine ray)")
+            raise UserError(
+                "--num-shards with an s3:// --out: write each part to a shared folder, `ingest merge` "
+                "them, then convert or copy the merged folder to the bucket (or use --engine ray)"
+            )
         if r.tile_size < 16 or r.mpp <= 0 or not 0 <= r.min_tissue <= 1 or r.max_tiles < 0:
             raise UserError("slides: --tile-size >= 16, --mpp > 0, --min-tissue in 0..1, --max-tiles >= 0")
         if self.workers < 1:
@@ -189,8 +205,10 @@ class ConvertConfig:
 
             need_ray()  # before any folder is made: one line naming the extra when Ray is missing
         if self.source_name is not None and not SOURCE_NAME.match(self.source_name):
-            raise UserError(f"--source {self.source_name!r}: a short name (letters, digits, . _ -; at most 48), "
-                            "e.g. the dataset's public name; it is stored in every sample")
+            raise UserError(
+                f"--source {self.source_name!r}: a short name (letters, digits, . _ -; at most 48), "
+                "e.g. the dataset's public name; it is stored in every sample"
+            )
         if r.text not in TEXT_MODES:
             raise UserError(f"--text {r.text}: use {' or '.join(TEXT_MODES)}")
         check_report_dir(self.report_dir, self.local_out)
@@ -208,8 +226,10 @@ class ConvertConfig:
         except ValueError as exc:
             raise UserError(f"--window: {exc}") from None
         if windows is not None and r.force_modality and r.modality != "ct":
-            raise UserError(f"--window {r.window} is a Hounsfield window and applies to CT only, "
-                            f"not to --force-modality {r.modality}")
+            raise UserError(
+                f"--window {r.window} is a Hounsfield window and applies to CT only, "
+                f"not to --force-modality {r.modality}"
+            )
 
     @property
     def report_dir(self) -> str:
@@ -245,8 +265,11 @@ def discover(inputs: list[str], out: str, report: str | None = None) -> list[tup
             if os.path.isdir(m):
                 root = os.path.abspath(m)
                 for dirpath, dirnames, filenames in os.walk(m):
-                    dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                                         and os.path.abspath(os.path.join(dirpath, d)) not in skip)
+                    dirnames[:] = sorted(
+                        d
+                        for d in dirnames
+                        if not d.startswith(".") and os.path.abspath(os.path.join(dirpath, d)) not in skip
+                    )
                     for f in sorted(filenames):
                         if not f.startswith("."):
                             found.setdefault(os.path.abspath(os.path.join(dirpath, f)), root)
@@ -334,17 +357,22 @@ def plan(cfg: ConvertConfig, opts: Options, pool: Any = None) -> tuple[list[Task
                     raise UserError(f"{cfg.labels}: modality {hit.modality} is not one of {', '.join(MODALITIES)}")
                 t.modality = hit.modality
     if table is not None and tasks and not matched:  # a table for other files, or paths relative to elsewhere
-        raise UserError(f"--labels {cfg.labels}: none of its {len(table.entries)} rows names one of the "
-                        f"{len(tasks)} inputs (rows match by path relative to the table's folder, by file name "
-                        "or by glob); check the path column")
+        raise UserError(
+            f"--labels {cfg.labels}: none of its {len(table.entries)} rows names one of the "
+            f"{len(tasks)} inputs (rows match by path relative to the table's folder, by file name "
+            "or by glob); check the path column"
+        )
     if loose and len(loose) == len(tasks):
-        raise UserError("--class-folders: every image lies directly in " + " ".join(cfg.inputs) + ", in no class "
-                        "folder; give the folder that holds the class folders (e.g. BACH/, not BACH/Benign/)")
+        raise UserError(
+            "--class-folders: every image lies directly in " + " ".join(cfg.inputs) + ", in no class "
+            "folder; give the folder that holds the class folders (e.g. BACH/, not BACH/Benign/)"
+        )
     if loose:  # never an unlabelled sample in a labelled set
         ids = {id(t) for t in loose}
         tasks = [t for t in tasks if id(t) not in ids]
-        rejects += [{"path": t.name, "reason": "not inside a class folder (--class-folders labels by folder)"}
-                    for t in loose]
+        rejects += [
+            {"path": t.name, "reason": "not inside a class folder (--class-folders labels by folder)"} for t in loose
+        ]
     # Duplicate DICOM instances, then per-source grouping (DICOM series ordering).
     first: dict[str, Task] = {}
     unique: list[Task] = []
@@ -363,8 +391,9 @@ def plan(cfg: ConvertConfig, opts: Options, pool: Any = None) -> tuple[list[Task
     return unique, rejects
 
 
-def _chunks(tasks: list[Task], prefix: str, chunk_mb: float, workers: int, sizes: list[int] | None = None,
-            max_tasks: int = 4096) -> list[ChunkSpec]:
+def _chunks(
+    tasks: list[Task], prefix: str, chunk_mb: float, workers: int, sizes: list[int] | None = None, max_tasks: int = 4096
+) -> list[ChunkSpec]:
     """Cut the task list into chunks of about equal weight: at least 4 per worker, at most ``chunk_mb`` each.
 
     ``sizes`` (tasks per chunk, from the plan file of an interrupted run) cuts it as that run did, so
@@ -384,7 +413,7 @@ def _chunks(tasks: list[Task], prefix: str, chunk_mb: float, workers: int, sizes
     out: list[ChunkSpec] = []
     lo = 0
     for k in sizes:
-        out.append(ChunkSpec(f"{prefix}-c{len(out):05d}", tasks[lo:lo + k]))
+        out.append(ChunkSpec(f"{prefix}-c{len(out):05d}", tasks[lo : lo + k]))
         lo += k
     if lo != len(tasks):
         raise UserError("the plan file's chunks do not match the tasks; use a new --out")
@@ -404,8 +433,19 @@ def _legacy_sizes(tasks: list[Task], chunk_mb: float, max_tasks: int = 4096) -> 
 
 
 #: Options of the run, not of the dataset it writes: left out of the fingerprints.
-_RUN_ONLY = ("workers", "engine", "address", "resume", "overwrite", "strict", "progress", "out", "report",
-             "show_paths", "staging")
+_RUN_ONLY = (
+    "workers",
+    "engine",
+    "address",
+    "resume",
+    "overwrite",
+    "strict",
+    "progress",
+    "out",
+    "report",
+    "show_paths",
+    "staging",
+)
 #: Settings added after plan files recorded fingerprints: hashed only when set, so a run killed before
 #: they existed still resumes.
 _LATER = ("percentiles", "force_modality")
@@ -424,8 +464,11 @@ def _job_fingerprint(cfg: ConvertConfig, tasks: list[Task]) -> str:
     """What every part of a split job shares (``part.json``): the dataset's options, the contents of the
     label table and caption banks, and the whole plan by paths relative to the inputs' common folder
     (machines may mount the archive at different paths)."""
-    keep = {k: v for k, v in _settings(cfg).items()
-            if k not in ("inputs", "shard_index", "uid_key_file", "labels", "captions")}
+    keep = {
+        k: v
+        for k, v in _settings(cfg).items()
+        if k not in ("inputs", "shard_index", "uid_key_file", "labels", "captions")
+    }
     h = hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode())
     for f in [f for f in (cfg.labels, *cfg.write.banks) if f]:
         with open(f, "rb") as fh:  # read (and checked) by plan already
@@ -469,8 +512,15 @@ def quiet_libraries() -> None:
     # told then not to validate values (unimed.ingest.sources.dicom.dcmread).
 
 
-def convert_chunk(out: str, spec: ChunkSpec, opts: Options, wopts: WriteOptions, key: bytes,
-                  report: Any = None, report_dir: str | None = None) -> dict:
+def convert_chunk(
+    out: str,
+    spec: ChunkSpec,
+    opts: Options,
+    wopts: WriteOptions,
+    key: bytes,
+    report: Any = None,
+    report_dir: str | None = None,
+) -> dict:
     """Convert one chunk into ``<out>/<chunk>/`` and return its stats: the step every engine runs.
 
     It may run again for the same chunk (Ray retries a task whose worker died, perhaps after the
@@ -552,8 +602,10 @@ def convert(cfg: ConvertConfig, echo: Any = print) -> dict:
     if cfg.overwrite and os.path.isdir(out) and os.listdir(out):
         _clear_dataset(out, cfg.report_dir)
     if os.path.isdir(out) and os.listdir(out) and not cfg.resume:
-        raise UserError(f"{out} is not empty: pass --resume to continue an interrupted run, --overwrite to start "
-                        "again, or choose a new --out")
+        raise UserError(
+            f"{out} is not empty: pass --resume to continue an interrupted run, --overwrite to start "
+            "again, or choose a new --out"
+        )
     if opts.window not in ("auto", "file") and not (opts.force_modality and opts.modality == "ct"):
         echo(f"note: --window {opts.window} applies to CT images only; other images keep their own windowing")
     cluster = None
@@ -582,8 +634,10 @@ def _clear_dataset(out: str, report: str) -> None:
     ours = {STATE_DIR, "index.json", "rejects.jsonl", "summary.json"}
     strangers = [n for n in names if n not in ours and not _CHUNK_NAME.match(n)]
     if strangers or STATE_DIR not in names and "index.json" not in names:
-        raise UserError(f"--overwrite: {out} does not hold a converted dataset only (it has {strangers[:1] or names[:1]}); "
-                        "remove it yourself or choose a new --out")
+        raise UserError(
+            f"--overwrite: {out} does not hold a converted dataset only (it has {strangers[:1] or names[:1]}); "
+            "remove it yourself or choose a new --out"
+        )
     for n in names:
         path = os.path.join(out, n)
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
@@ -591,11 +645,15 @@ def _clear_dataset(out: str, report: str) -> None:
         shutil.rmtree(report)
 
 
-def _convert_locked(cfg: ConvertConfig, opts: Options, wopts: WriteOptions, key: bytes, echo: Any, cluster: Any,
-                    publisher: Any) -> dict:
+def _convert_locked(
+    cfg: ConvertConfig, opts: Options, wopts: WriteOptions, key: bytes, echo: Any, cluster: Any, publisher: Any
+) -> dict:
     out = cfg.out
-    with contextlib.closing(cluster) if cluster else contextlib.nullcontext(), disk_errors(out), \
-            run_lock(os.path.join(out, STATE_DIR), out):
+    with (
+        contextlib.closing(cluster) if cluster else contextlib.nullcontext(),
+        disk_errors(out),
+        run_lock(os.path.join(out, STATE_DIR), out),
+    ):
         if publisher is not None:
             publisher.take_stock()
         _prepare_report(cfg.report_dir)
@@ -611,8 +669,7 @@ def _convert_locked(cfg: ConvertConfig, opts: Options, wopts: WriteOptions, key:
     return summary
 
 
-def _run(cfg: ConvertConfig, opts: Options, wopts: WriteOptions, key: bytes, echo: Any,
-         cluster: Any = None) -> float:
+def _run(cfg: ConvertConfig, opts: Options, wopts: WriteOptions, key: bytes, echo: Any, cluster: Any = None) -> float:
     """Plan, then convert the chunks not done yet (on ``cluster``, a RayEngine, if given); return the
     start time (after the imports and the joining of a cluster)."""
     out, report = cfg.out, cfg.report_dir
@@ -636,21 +693,32 @@ def _run(cfg: ConvertConfig, opts: Options, wopts: WriteOptions, key: bytes, ech
             with open(plan_file) as fh:
                 previous = json.load(fh)
             if previous.get("fingerprint") != fp:
-                raise UserError(f"{out}: inputs or options differ from the interrupted run; pass --overwrite to "
-                                "start again, or use a new --out")
+                raise UserError(
+                    f"{out}: inputs or options differ from the interrupted run; pass --overwrite to "
+                    "start again, or use a new --out"
+                )
             sizes = previous.get("chunks") or _legacy_sizes(tasks, cfg.chunk_mb)
         slots = cluster.slots(cfg.workers) if cluster is not None else cfg.workers
         chunks = _chunks(tasks, prefix, cfg.chunk_mb, slots, sizes)
         with open(plan_file, "w") as fh:
             json.dump({"fingerprint": fp, "tasks": len(tasks), "chunks": [len(c.tasks) for c in chunks]}, fh)
-        write_part(out, have=[cfg.shard_index], parts=cfg.num_shards, job=_job_fingerprint(cfg, all_tasks),
-                   key=key_fingerprint(key), chunks=[c.name for c in chunks], finished=False)
+        write_part(
+            out,
+            have=[cfg.shard_index],
+            parts=cfg.num_shards,
+            job=_job_fingerprint(cfg, all_tasks),
+            key=key_fingerprint(key),
+            chunks=[c.name for c in chunks],
+            finished=False,
+        )
         if cfg.shard_index == 0 or cfg.num_shards == 1:  # planning rejects are reported once
             for r in plan_rejects:
                 r["uid"], r["path"] = reject_uid(key, r["path"]), shown_path(r["path"])
                 echo(reject_line(r, cfg.show_paths))
-            write_jsonl(os.path.join(state, f"plan-rejects-{prefix}.jsonl"),
-                        [{"uid": r["uid"], "reason": r["reason"]} for r in plan_rejects])
+            write_jsonl(
+                os.path.join(state, f"plan-rejects-{prefix}.jsonl"),
+                [{"uid": r["uid"], "reason": r["reason"]} for r in plan_rejects],
+            )
             write_jsonl(os.path.join(report, PARTS_DIR, f"plan-{prefix}.jsonl"), plan_rejects)
         done = done_chunks(out)
         for d in os.listdir(out):  # partial chunks of a killed run: redone from scratch
@@ -664,8 +732,15 @@ def _run(cfg: ConvertConfig, opts: Options, wopts: WriteOptions, key: bytes, ech
             cluster.run_chunks(todo, (out, opts, wopts, key, report), bar, echo, cfg.show_paths)
         elif pool is None:
             for spec in todo:
-                convert_chunk(out, spec, opts, wopts, key, report_dir=report,
-                              report=lambda k, rj: tick(bar, 1, k, rj, echo, cfg.show_paths))
+                convert_chunk(
+                    out,
+                    spec,
+                    opts,
+                    wopts,
+                    key,
+                    report_dir=report,
+                    report=lambda k, rj: tick(bar, 1, k, rj, echo, cfg.show_paths),
+                )
         else:
             _wait_chunks(pool, queue, todo, (out, opts, wopts, key, report), bar, echo, cfg.show_paths)
         bar.close()
@@ -683,8 +758,9 @@ def _run(cfg: ConvertConfig, opts: Options, wopts: WriteOptions, key: bytes, ech
     return start
 
 
-def _wait_chunks(pool: Any, queue: Any, todo: list[ChunkSpec], args: tuple, bar: Any, echo: Any,
-                 show_paths: bool) -> None:
+def _wait_chunks(
+    pool: Any, queue: Any, todo: list[ChunkSpec], args: tuple, bar: Any, echo: Any, show_paths: bool
+) -> None:
     """Run the chunks on the pool; block on the queue (progress batches, done messages) until all are done.
 
     A chunk whose call fails before it runs (its arguments do not pickle) is reported by the error
@@ -693,8 +769,13 @@ def _wait_chunks(pool: Any, queue: Any, todo: list[ChunkSpec], args: tuple, bar:
     out, opts, wopts, key, report = args
     results = []
     for i, spec in enumerate(todo):
-        results.append(pool.apply_async(_run_chunk, ((i, out, spec, opts, wopts, key, report),),
-                                        error_callback=lambda _e, i=i: queue.put(("done", i))))
+        results.append(
+            pool.apply_async(
+                _run_chunk,
+                ((i, out, spec, opts, wopts, key, report),),
+                error_callback=lambda _e, i=i: queue.put(("done", i)),
+            )
+        )
     finished: set[int] = set()
     while len(finished) < len(todo):
         msg = queue.get()

@@ -56,8 +56,30 @@ BODY_PARTS = frozenset(
     LSPINE LUNG NECK ORBIT PANCREAS PELVIS PROSTATE RETINA RIB SACRUM SHOULDER SKULL SPINE TSPINE THORAX
     THYROID TOE UTERUS WHOLEBODY WRIST ZYGOMA""".split()
 )
-VIEW_POSITIONS = frozenset({"AP", "PA", "LL", "RL", "LAT", "LLD", "RLD", "OBL", "LAO", "RAO", "LPO", "RPO",
-                            "CC", "MLO", "ML", "LM", "XCC", "AXIAL", "SAG", "COR"})
+VIEW_POSITIONS = frozenset(
+    {
+        "AP",
+        "PA",
+        "LL",
+        "RL",
+        "LAT",
+        "LLD",
+        "RLD",
+        "OBL",
+        "LAO",
+        "RAO",
+        "LPO",
+        "RPO",
+        "CC",
+        "MLO",
+        "ML",
+        "LM",
+        "XCC",
+        "AXIAL",
+        "SAG",
+        "COR",
+    }
+)
 LATERALITIES = frozenset({"L", "R", "U", "B"})
 
 
@@ -106,8 +128,14 @@ ALLOWED_TAGS: dict[str, tuple[str, Any]] = {
     "BodyPartExamined": ("body_part", _vocab(BODY_PARTS)),
     "ViewPosition": ("view_position", _vocab(VIEW_POSITIONS)),
     "ImageLaterality": ("laterality", _vocab(LATERALITIES)),
-    "PhotometricInterpretation": ("photometric", _vocab(frozenset(
-        {"MONOCHROME1", "MONOCHROME2", "RGB", "PALETTECOLOR", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"}))),
+    "PhotometricInterpretation": (
+        "photometric",
+        _vocab(
+            frozenset(
+                {"MONOCHROME1", "MONOCHROME2", "RGB", "PALETTECOLOR", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"}
+            )
+        ),
+    ),
     "BitsStored": ("bits_stored", _int),
     "Rows": ("rows", _int),
     "Columns": ("columns", _int),
@@ -208,11 +236,16 @@ def _checked_key(key: bytes, source: str, key_file: Path | None = None) -> bytes
     if key_file is not None:
         mode = key_file.stat().st_mode & 0o777
         if mode & 0o077:
-            print(f"unimed: warning: uid key file {key_file} is open to group or others (mode {mode:03o}): "
-                  f"run chmod 600 {key_file}", file=sys.stderr)
+            print(
+                f"unimed: warning: uid key file {key_file} is open to group or others (mode {mode:03o}): "
+                f"run chmod 600 {key_file}",
+                file=sys.stderr,
+            )
     if len(key) < _MIN_KEY_BYTES:
-        raise UserError(f"{source}: the uid key is {len(key)} bytes, shorter than {_MIN_KEY_BYTES}: "
-                        "make one with `openssl rand -hex 32`")
+        raise UserError(
+            f"{source}: the uid key is {len(key)} bytes, shorter than {_MIN_KEY_BYTES}: "
+            "make one with `openssl rand -hex 32`"
+        )
     return key
 
 
@@ -236,8 +269,9 @@ def load_uid_key(path: str | None = None) -> bytes:
     home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "unimed"
     key_file = home / "uid.key"
     if not key_file.exists() and _new_key_file(key_file):
-        print(f"unimed: created the uid key {key_file}; a split job needs this same key on every machine",
-              file=sys.stderr)
+        print(
+            f"unimed: created the uid key {key_file}; a split job needs this same key on every machine", file=sys.stderr
+        )
     return _checked_key(key_file.read_bytes().strip(), str(key_file), key_file)
 
 

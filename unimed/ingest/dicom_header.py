@@ -126,7 +126,7 @@ def _element(buf: bytes, pos: int, explicit: bool) -> tuple[int, bytes | None, i
     tag = group << 16 | elem
     if not explicit or group == 0xFFFE:
         return tag, None, struct.unpack_from("<I", buf, pos + 4)[0], 8
-    vr = buf[pos + 4: pos + 6]
+    vr = buf[pos + 4 : pos + 6]
     if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
         raise _Odd
     if vr in _LONG_VRS:
@@ -239,7 +239,7 @@ def _parse(buf: bytes) -> tuple[dict[str, Any], str, tuple[int, int] | None] | N
         if length == _UNDEFINED:
             raise _Odd
         if tag == 0x00020010:
-            ts = buf[pos + size: pos + size + length].decode("ascii").rstrip("\x00 ")
+            ts = buf[pos + size : pos + size + length].decode("ascii").rstrip("\x00 ")
         pos += size + length
     if ts not in (IMPLICIT_LE, EXPLICIT_LE) and not (ts or "").startswith(_ENCAPSULATED_PREFIXES):
         return None
@@ -287,7 +287,7 @@ def _parse(buf: bytes) -> tuple[dict[str, Any], str, tuple[int, int] | None] | N
             keyword, want = known
             if vr is not None and vr != _VR_BYTES[want]:
                 raise _Odd
-            value = _value(want, buf[pos + size: end])
+            value = _value(want, buf[pos + size : end])
             if value is not None:
                 values[keyword] = _uid(value) if keyword == "SOPClassUID" else value
         elif tag in _SEQUENCES and length:
@@ -348,8 +348,10 @@ def _native_dtype(values: dict[str, Any], length: int) -> tuple[str, tuple[int, 
         return None
     if frames != 1 or bits not in (8, 16, 32) or not 0 < stored <= bits or signed not in (0, 1):
         return None
-    if not ((spp == 1 and photometric in ("MONOCHROME1", "MONOCHROME2"))
-            or (spp == 3 and photometric == "RGB" and bits == 8 and planar == 0)):
+    if not (
+        (spp == 1 and photometric in ("MONOCHROME1", "MONOCHROME2"))
+        or (spp == 3 and photometric == "RGB" and bits == 8 and planar == 0)
+    ):
         return None
     if rows < 1 or cols < 1 or any(k in values for k in _SEQUENCES.values()):
         return None

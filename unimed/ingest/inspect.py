@@ -78,8 +78,15 @@ def balance_chart(groups: dict[str, dict[str, int]], path: str, width: int = 720
     rows = sum(len(v) + 2 for v in groups.values())
     img = Image.new("RGB", (width, pad * 2 + rows * row), "white")
     draw = ImageDraw.Draw(img)
-    colors = [(66, 133, 244), (219, 68, 55), (244, 180, 0), (15, 157, 88), (171, 71, 188), (0, 172, 193),
-              (255, 112, 67)]
+    colors = [
+        (66, 133, 244),
+        (219, 68, 55),
+        (244, 180, 0),
+        (15, 157, 88),
+        (171, 71, 188),
+        (0, 172, 193),
+        (255, 112, 67),
+    ]
     y = pad
     for title, counts in groups.items():
         total = sum(counts.values()) or 1
@@ -99,8 +106,14 @@ def balance_chart(groups: dict[str, dict[str, int]], path: str, width: int = 720
     return path
 
 
-def inspect(folder: str, sheet: str | None = None, per_modality: int = 6, seed: int = 0,
-            max_scan: int = 20000, progress: bool = True) -> dict[str, Any]:
+def inspect(
+    folder: str,
+    sheet: str | None = None,
+    per_modality: int = 6,
+    seed: int = 0,
+    max_scan: int = 20000,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Counts per modality and source (over up to ``max_scan`` samples) and the contact sheet path
     (``progress``: a progress line on stderr, as ``ingest convert`` shows it)."""
     rng = random.Random(seed)
@@ -129,7 +142,14 @@ def inspect(folder: str, sheet: str | None = None, per_modality: int = 6, seed: 
         bar.close()
     path = sheet or os.path.join(pictures_dir(folder), "contact_sheet.png")
     contact_sheet(dict(picks), path)
-    chart = balance_chart({"modality": dict(modality), "source": dict(source)},
-                          os.path.join(os.path.dirname(path), "balance.png"))  # beside the sheet
-    return {"samples": n, "scanned": len(order), "modality": dict(sorted(modality.items())),
-            "source": dict(sorted(source.items())), "sheet": path, "chart": chart}
+    chart = balance_chart(
+        {"modality": dict(modality), "source": dict(source)}, os.path.join(os.path.dirname(path), "balance.png")
+    )  # beside the sheet
+    return {
+        "samples": n,
+        "scanned": len(order),
+        "modality": dict(sorted(modality.items())),
+        "source": dict(sorted(source.items())),
+        "sheet": path,
+        "chart": chart,
+    }

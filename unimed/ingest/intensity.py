@@ -111,7 +111,9 @@ def ct_windows(spec: str, modality: str) -> list[tuple[float, float]] | None:
     return [HU_WINDOWS[DEFAULT_CT_WINDOW]] if spec == "auto" else parse_windows(spec)
 
 
-def voi_lut_table(descriptor: list[int] | tuple[int, ...], data: np.ndarray, signed: bool = False) -> tuple[int, np.ndarray]:
+def voi_lut_table(
+    descriptor: list[int] | tuple[int, ...], data: np.ndarray, signed: bool = False
+) -> tuple[int, np.ndarray]:
     """A VOI LUT (PS3.3 C.11.2.1.1) as ``(first value mapped, entries scaled to [0, 1])``.
 
     ``descriptor`` is the LUT Descriptor: number of entries (0 means 65536), first input value mapped
@@ -253,10 +255,10 @@ def _simplejpeg(img: np.ndarray, quality: int) -> bytes:
 
     img = np.ascontiguousarray(img)
     if img.ndim == 2:
-        return simplejpeg.encode_jpeg(img[..., None], quality=int(quality), colorspace="GRAY",
-                                      colorsubsampling="Gray", fastdct=False)
-    return simplejpeg.encode_jpeg(img, quality=int(quality), colorspace="RGB", colorsubsampling="420",
-                                  fastdct=False)
+        return simplejpeg.encode_jpeg(
+            img[..., None], quality=int(quality), colorspace="GRAY", colorsubsampling="Gray", fastdct=False
+        )
+    return simplejpeg.encode_jpeg(img, quality=int(quality), colorspace="RGB", colorsubsampling="420", fastdct=False)
 
 
 _JPEG: dict[str, JpegEncoder] = {}

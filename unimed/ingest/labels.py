@@ -30,11 +30,42 @@ from unimed.ingest.captions import NEGATIVE
 
 __all__ = ["LabelTable", "Lookup", "preview_captions"]
 
-PATH_COLUMNS = ("path", "image", "file", "filename", "image index", "image_id", "imageid", "image_path", "dicom", "nifti")
+PATH_COLUMNS = (
+    "path",
+    "image",
+    "file",
+    "filename",
+    "image index",
+    "image_id",
+    "imageid",
+    "image_path",
+    "dicom",
+    "nifti",
+)
 LABEL_COLUMNS = ("labels", "label", "class", "finding labels", "findings", "diagnosis")
-IGNORED = {"sex", "age", "frontal/lateral", "ap/pa", "view", "patient id", "patient age", "patient gender",
-           "follow-up #", "view position", "originalimage[width", "height]", "originalimagepixelspacing[x",
-           "y]", "split", "fold", "id", "study", "subject_id", "study_id", "dicom_id"}
+IGNORED = {
+    "sex",
+    "age",
+    "frontal/lateral",
+    "ap/pa",
+    "view",
+    "patient id",
+    "patient age",
+    "patient gender",
+    "follow-up #",
+    "view position",
+    "originalimage[width",
+    "height]",
+    "originalimagepixelspacing[x",
+    "y]",
+    "split",
+    "fold",
+    "id",
+    "study",
+    "subject_id",
+    "study_id",
+    "dicom_id",
+}
 
 
 @dataclass
@@ -68,15 +99,15 @@ class LabelTable:
                 lower = {h.lower().strip(): h for h in header}
                 path_col = next((lower[c] for c in PATH_COLUMNS if c in lower), None)
                 if path_col is None:
-                    raise UserError(
-                        f"{csv_path}: no path column; name one of {', '.join(PATH_COLUMNS)}"
-                    )
+                    raise UserError(f"{csv_path}: no path column; name one of {', '.join(PATH_COLUMNS)}")
                 label_col = next((lower[c] for c in LABEL_COLUMNS if c in lower), None)
                 mod_col = lower.get("modality")
                 rows = list(reader)
         except (UnicodeDecodeError, csv.Error, EOFError, gzip.BadGzipFile) as exc:
-            raise UserError(f"{csv_path}: not a CSV label table in UTF-8 text ({type(exc).__name__}); give the "
-                            "table (path and labels columns), not an image or another file") from None
+            raise UserError(
+                f"{csv_path}: not a CSV label table in UTF-8 text ({type(exc).__name__}); give the "
+                "table (path and labels columns), not an image or another file"
+            ) from None
         onehot: list[str] = []
         if label_col is None:
             for h in header:
@@ -99,8 +130,11 @@ class LabelTable:
                 labels = _split(r.get(label_col) or "")
             else:
                 labels = [h for h in onehot if (r.get(h) or "").strip() in ("1", "1.0")]
-                labels += [f"{NEGATIVE}{h}" for h in onehot if (r.get(h) or "").strip() in ("0", "0.0")
-                           and not h.lower().startswith("no ")]
+                labels += [
+                    f"{NEGATIVE}{h}"
+                    for h in onehot
+                    if (r.get(h) or "").strip() in ("0", "0.0") and not h.lower().startswith("no ")
+                ]
             look = Lookup(labels, (r.get(mod_col) or "").strip().lower() or None if mod_col else None)
             self.entries.append(look)
             if any(ch in key for ch in "*?["):
@@ -123,8 +157,10 @@ class LabelTable:
             return hit
         for pattern, look in self.patterns:
             rel = os.path.relpath(norm, self.root)
-            if fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(norm, pattern) or fnmatch.fnmatch(
-                os.path.basename(path), pattern
+            if (
+                fnmatch.fnmatch(rel, pattern)
+                or fnmatch.fnmatch(norm, pattern)
+                or fnmatch.fnmatch(os.path.basename(path), pattern)
             ):
                 return look
         return None
@@ -133,8 +169,9 @@ class LabelTable:
         return len(self.exact) + len(self.patterns)
 
 
-def preview_captions(csv_path: str | Path, banks: list[str | Path] | None = None, modality: str | None = None,
-                     examples: int = 5) -> dict[str, Any]:
+def preview_captions(
+    csv_path: str | Path, banks: list[str | Path] | None = None, modality: str | None = None, examples: int = 5
+) -> dict[str, Any]:
     """What a label table turns into: captions of its most frequent label sets, and unknown classes.
 
     ``modality`` defaults to the table's modality column, else to the modality of the first bank.
@@ -159,7 +196,14 @@ def preview_captions(csv_path: str | Path, banks: list[str | Path] | None = None
             classes[lab] += n
         for lab in engine.unknown_classes(mod, list(labels)):
             unknown.setdefault(mod, Counter())[lab] += n
-    shown = [{"modality": mod, "labels": list(labels), "rows": n, "captions": engine.captions(mod, list(labels))}
-             for (mod, labels), n in sets.most_common(examples)]
-    return {"rows": len(table.entries), "label_sets": len(sets), "classes": dict(classes.most_common()),
-            "unknown": {m: dict(c.most_common()) for m, c in sorted(unknown.items())}, "examples": shown}
+    shown = [
+        {"modality": mod, "labels": list(labels), "rows": n, "captions": engine.captions(mod, list(labels))}
+        for (mod, labels), n in sets.most_common(examples)
+    ]
+    return {
+        "rows": len(table.entries),
+        "label_sets": len(sets),
+        "classes": dict(classes.most_common()),
+        "unknown": {m: dict(c.most_common()) for m, c in sorted(unknown.items())},
+        "examples": shown,
+    }

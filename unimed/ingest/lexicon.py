@@ -23,8 +23,20 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["Lexicon", "lexicon", "key", "in_vocab", "refresh_us_places", "FIRST", "LAST", "WORD", "CLIN",
-           "EPON", "FUNC", "NAME"]
+__all__ = [
+    "Lexicon",
+    "lexicon",
+    "key",
+    "in_vocab",
+    "refresh_us_places",
+    "FIRST",
+    "LAST",
+    "WORD",
+    "CLIN",
+    "EPON",
+    "FUNC",
+    "NAME",
+]
 
 VOCAB_DIR = Path(__file__).parent / "vocab"
 BANK_DIR = Path(__file__).parent / "banks"
@@ -33,11 +45,53 @@ FIRST, LAST, WORD, CLIN, EPON, FUNC = 1, 2, 4, 8, 16, 32
 NAME = FIRST | LAST
 
 _CONTRACTION = re.compile(r"'(?:s|re|ll|ve|d|m)$|n't$")
-_SUFFIXES = (("ies", "y"), ("es", ""), ("s", ""), ("ed", ""), ("ed", "e"), ("ing", ""), ("ing", "e"), ("ly", ""),
-             ("ally", ""), ("'s", ""))
-_PREFIXES = ("non", "un", "re", "sub", "peri", "para", "intra", "inter", "post", "pre", "hyper", "hypo", "micro",
-             "macro", "multi", "bi", "semi", "trans", "supra", "infra", "retro", "extra", "pseudo", "mid", "pan",
-             "neo", "de", "dis", "co", "in", "over", "under", "anti")
+_SUFFIXES = (
+    ("ies", "y"),
+    ("es", ""),
+    ("s", ""),
+    ("ed", ""),
+    ("ed", "e"),
+    ("ing", ""),
+    ("ing", "e"),
+    ("ly", ""),
+    ("ally", ""),
+    ("'s", ""),
+)
+_PREFIXES = (
+    "non",
+    "un",
+    "re",
+    "sub",
+    "peri",
+    "para",
+    "intra",
+    "inter",
+    "post",
+    "pre",
+    "hyper",
+    "hypo",
+    "micro",
+    "macro",
+    "multi",
+    "bi",
+    "semi",
+    "trans",
+    "supra",
+    "infra",
+    "retro",
+    "extra",
+    "pseudo",
+    "mid",
+    "pan",
+    "neo",
+    "de",
+    "dis",
+    "co",
+    "in",
+    "over",
+    "under",
+    "anti",
+)
 
 
 @dataclass(frozen=True)
@@ -70,8 +124,9 @@ def _words(path: Path) -> list[str]:
 def _philter_sets() -> dict[str, list[str]]:
     spec = importlib.util.find_spec("philter_lite")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("the PHI scrubber needs the package philter-lite for its name dictionaries "
-                                  "(pip install philter-lite)")
+        raise ModuleNotFoundError(
+            "the PHI scrubber needs the package philter-lite for its name dictionaries (pip install philter-lite)"
+        )
     text = (Path(list(spec.submodule_search_locations)[0]) / "filters" / "set.toml").read_text(encoding="utf-8")
     sets = {}
     for line in text.splitlines():
@@ -101,8 +156,11 @@ def _bank_words() -> list[str]:
 
 
 def _us_places() -> list[str]:
-    return [line for line in (VOCAB_DIR / "us_places.txt").read_text(encoding="utf-8").splitlines()
-            if line and not line.startswith("#")]
+    return [
+        line
+        for line in (VOCAB_DIR / "us_places.txt").read_text(encoding="utf-8").splitlines()
+        if line and not line.startswith("#")
+    ]
 
 
 def refresh_us_places(path: Path = VOCAB_DIR / "us_places.txt") -> int:
@@ -116,11 +174,12 @@ def refresh_us_places(path: Path = VOCAB_DIR / "us_places.txt") -> int:
     for z in zipcodes.filter_by():
         names.update([z["city"], *z.get("acceptable_cities", [])])
         if z.get("county"):
-            names.add(re.sub(r"\s+(?:County|Parish|Borough|Municipio|Census Area|City and Borough)$", "",
-                             z["county"]))
+            names.add(re.sub(r"\s+(?:County|Parish|Borough|Municipio|Census Area|City and Borough)$", "", z["county"]))
     places = sorted(n for n in names if n and not re.search(r"\d", n))
-    header = (f"# US cities, towns and counties of the USPS ZIP code list: zipcodes {zipcodes.__version__}, "
-              "written by unimed.ingest.lexicon.refresh_us_places().\n")
+    header = (
+        f"# US cities, towns and counties of the USPS ZIP code list: zipcodes {zipcodes.__version__}, "
+        "written by unimed.ingest.lexicon.refresh_us_places().\n"
+    )
     path.write_text(header + "\n".join(places) + "\n", encoding="utf-8")
     return len(places)
 
@@ -170,6 +229,6 @@ def in_vocab(word: str, lex: Lexicon, mask: int = CLIN | EPON | FUNC, prefixes: 
             return True
     if prefixes and len(w) >= 7:
         for p in _PREFIXES:
-            if w.startswith(p) and len(w) - len(p) >= 5 and in_vocab(w[len(p):], lex, mask, False):
+            if w.startswith(p) and len(w) - len(p) >= 5 and in_vocab(w[len(p) :], lex, mask, False):
                 return True
     return False

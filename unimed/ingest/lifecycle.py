@@ -19,8 +19,7 @@ from collections.abc import Iterator
 
 from unimed.errors import UserError
 
-__all__ = ["run_lock", "die_with_parent", "default_report_dir", "check_report_dir", "disk_errors",
-           "REPORT_NOTE"]
+__all__ = ["run_lock", "die_with_parent", "default_report_dir", "check_report_dir", "disk_errors", "REPORT_NOTE"]
 
 #: Errors that mean the output's file system is full (or a file size limit was hit).
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -43,8 +42,10 @@ def run_lock(state_dir: str, out: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise UserError(f"{out}: another ingest run is writing this folder; wait for it to end "
-                            "(or stop it), then rerun with --resume") from None
+            raise UserError(
+                f"{out}: another ingest run is writing this folder; wait for it to end "
+                "(or stop it), then rerun with --resume"
+            ) from None
         yield
     finally:
         os.close(fd)
@@ -59,6 +60,7 @@ def die_with_parent(parent: int) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     else:  # elsewhere a watchdog thread notices the parent is gone
+
         def watch() -> None:
             while os.getppid() == parent:
                 time.sleep(0.5)
@@ -78,8 +80,7 @@ def check_report_dir(report: str, out: str) -> None:
     """Refuse a report folder inside the dataset folder (or the dataset inside the report)."""
     r, o = os.path.abspath(report), os.path.abspath(out)
     if os.path.commonpath([r, o]) in (r, o):
-        raise UserError(f"--report {report}: must lie outside --out {out} (it names input paths, "
-                        "the dataset must not)")
+        raise UserError(f"--report {report}: must lie outside --out {out} (it names input paths, the dataset must not)")
 
 
 @contextlib.contextmanager
@@ -89,6 +90,8 @@ def disk_errors(out: str) -> Iterator[None]:
         yield
     except OSError as exc:
         if exc.errno in _FULL:
-            raise UserError(f"{out}: {os.strerror(exc.errno).lower()} while writing the dataset; "
-                            "free space and rerun with --resume (completed chunks are kept)") from None
+            raise UserError(
+                f"{out}: {os.strerror(exc.errno).lower()} while writing the dataset; "
+                "free space and rerun with --resume (completed chunks are kept)"
+            ) from None
         raise

@@ -36,13 +36,29 @@ from unimed.ingest.progress import Progress
 from unimed.ingest.writer import DONE_FILE, PARTS_DIR, write_jsonl
 from unimed.shards import INDEX, merge_index
 
-__all__ = ["STATE_DIR", "PART_FILE", "chunk_stats", "done_chunks", "merge", "merge_indexes", "merge_report",
-           "write_summary", "key_fingerprint", "read_part", "write_part", "finish_part", "merge_parts", "remerge"]
+__all__ = [
+    "STATE_DIR",
+    "PART_FILE",
+    "chunk_stats",
+    "done_chunks",
+    "merge",
+    "merge_indexes",
+    "merge_report",
+    "write_summary",
+    "key_fingerprint",
+    "read_part",
+    "write_part",
+    "finish_part",
+    "merge_parts",
+    "remerge",
+]
 
 STATE_DIR = ".unimed"  # plan fingerprints, planning rejects (uid and reason), part.json, the run lock
 PART_FILE = "part.json"
 _CHUNK = re.compile(r"^p(\d{3})-c\d+$")
-_NEW_FORM = "ingest merge OUT PART [PART ...] (each PART the --out of one `ingest convert --num-shards K --shard-index I`)"
+_NEW_FORM = (
+    "ingest merge OUT PART [PART ...] (each PART the --out of one `ingest convert --num-shards K --shard-index I`)"
+)
 
 
 def chunk_stats(folder: str) -> dict | None:
@@ -120,7 +136,10 @@ def merge(out: str, report: str | None = None) -> dict:
         image_bytes += stats["image_bytes"]
         tasks += stats["tasks"]
     shard_bytes = sum(
-        os.path.getsize(os.path.join(dp, f)) for d in done for dp, _, fs in os.walk(os.path.join(out, d)) for f in fs
+        os.path.getsize(os.path.join(dp, f))
+        for d in done
+        for dp, _, fs in os.walk(os.path.join(out, d))
+        for f in fs
         if ".mds" in f
     )
     write_jsonl(os.path.join(out, "rejects.jsonl"), sorted(rejects, key=lambda r: (r["uid"], r["reason"])))
@@ -153,14 +172,15 @@ def key_fingerprint(key: bytes) -> str:
     return hashlib.sha256(b"unimed-uid-key-fingerprint\x00" + key).hexdigest()[:16]
 
 
-def write_part(out: str, *, have: list[int], parts: int, job: str, key: str, chunks: list[str],
-               finished: bool) -> None:
+def write_part(out: str, *, have: list[int], parts: int, job: str, key: str, chunks: list[str], finished: bool) -> None:
     """Describe the folder ``out``: the parts of the job it holds, the job's and the key's fingerprints,
     its chunk folders, and whether it is finished."""
     os.makedirs(os.path.join(out, STATE_DIR), exist_ok=True)
-    _replace_json(os.path.join(out, STATE_DIR, PART_FILE),
-                  {"have": sorted(have), "parts": parts, "job": job, "key": key, "chunks": sorted(chunks),
-                   "finished": finished}, indent=1)
+    _replace_json(
+        os.path.join(out, STATE_DIR, PART_FILE),
+        {"have": sorted(have), "parts": parts, "job": job, "key": key, "chunks": sorted(chunks), "finished": finished},
+        indent=1,
+    )
 
 
 def read_part(folder: str) -> dict | None:
@@ -183,8 +203,11 @@ def finish_part(out: str) -> None:
 def _what(info: dict) -> str:
     """``part 2 of 4`` (as ``--shard-index``), or ``parts 0, 1 of 4`` for a merge of several."""
     have = info["have"]
-    return f"part {have[0]} of {info['parts']}" if len(have) == 1 else \
-        f"parts {', '.join(map(str, have))} of {info['parts']}"
+    return (
+        f"part {have[0]} of {info['parts']}"
+        if len(have) == 1
+        else f"parts {', '.join(map(str, have))} of {info['parts']}"
+    )
 
 
 def _check_parts(parts: list[str]) -> list[dict]:
@@ -201,20 +224,27 @@ def _check_parts(parts: list[str]) -> list[dict]:
             raise UserError(f"{p}: no such folder")
         info = read_part(p)
         if info is None:
-            raise UserError(f"{p}: not the --out of `ingest convert` (no {STATE_DIR}/{PART_FILE}); give the folders "
-                            "the parts were converted into, one per --shard-index")
+            raise UserError(
+                f"{p}: not the --out of `ingest convert` (no {STATE_DIR}/{PART_FILE}); give the folders "
+                "the parts were converted into, one per --shard-index"
+            )
         done = done_chunks(p)
         lacking = [c for c in info["chunks"] if c not in done]
         if not info.get("finished") or lacking:
-            raise UserError(f"{p}: {_what(info)} is not finished" + (f" ({lacking[0]} incomplete)" if lacking else "")
-                            + "; rerun its `ingest convert ... --resume`")
+            raise UserError(
+                f"{p}: {_what(info)} is not finished"
+                + (f" ({lacking[0]} incomplete)" if lacking else "")
+                + "; rerun its `ingest convert ... --resume`"
+            )
         infos.append(info)
     first, ref = parts[0], infos[0]
     owner: dict[int, str] = {}
     for p, info in zip(parts, infos):
         if info["key"] != ref["key"]:
-            raise UserError(f"{p}: converted under another uid key than {first} (every part needs the same "
-                            "--uid-key-file or $UNIMED_UID_KEY)")
+            raise UserError(
+                f"{p}: converted under another uid key than {first} (every part needs the same "
+                "--uid-key-file or $UNIMED_UID_KEY)"
+            )
         if info["job"] != ref["job"] or info["parts"] != ref["parts"]:
             raise UserError(f"{p}: a part of another job than {first} (other inputs, options or --num-shards)")
         for i in info["have"]:
@@ -223,13 +253,16 @@ def _check_parts(parts: list[str]) -> list[dict]:
             owner[i] = p
     missing = [i for i in range(ref["parts"]) if i not in owner]
     if missing:
-        raise UserError(f"missing {'part' if len(missing) == 1 else 'parts'} --shard-index "
-                        f"{', '.join(map(str, missing))} of --num-shards {ref['parts']}: give every part's folder")
+        raise UserError(
+            f"missing {'part' if len(missing) == 1 else 'parts'} --shard-index "
+            f"{', '.join(map(str, missing))} of --num-shards {ref['parts']}: give every part's folder"
+        )
     return infos
 
 
 def _link_tree(src: str, dst: str) -> None:
     """Copy the folder ``src`` to ``dst`` by hard links where the file system allows, else by copies."""
+
     def link(s: str, d: str) -> None:
         try:
             os.link(s, d)
@@ -276,8 +309,15 @@ def merge_parts(out: str, parts: list[str], report: str | None = None, progress:
         summary = merge(out, report)
         write_summary(out, summary)
         ref = infos[0]
-        write_part(out, have=list(range(ref["parts"])), parts=ref["parts"], job=ref["job"], key=ref["key"],
-                   chunks=[c for _, c in chunks], finished=True)
+        write_part(
+            out,
+            have=list(range(ref["parts"])),
+            parts=ref["parts"],
+            job=ref["job"],
+            key=ref["key"],
+            chunks=[c for _, c in chunks],
+            finished=True,
+        )
     return summary
 
 
@@ -287,14 +327,18 @@ def remerge(folder: str, report: str | None = None) -> dict:
         raise UserError(f"{folder}: no such folder")
     done = done_chunks(folder)
     if not done:  # e.g. a folder of raw images: nothing to merge, nothing to write into it
-        raise UserError(f"{folder}: no complete chunk folder (pNNN-cNNNNN with done.json) of a conversion in it; "
-                        f"to merge the parts of a split job: {_NEW_FORM}")
+        raise UserError(
+            f"{folder}: no complete chunk folder (pNNN-cNNNNN with done.json) of a conversion in it; "
+            f"to merge the parts of a split job: {_NEW_FORM}"
+        )
     info = read_part(folder)
     if info is not None and len(info["have"]) < info["parts"]:
         raise UserError(f"{folder}: is {_what(info)} of a split job; merge every part into a new folder: {_NEW_FORM}")
     if info is None and len({_CHUNK.match(d).group(1) for d in done if _CHUNK.match(d)}) > 1:
-        raise UserError(f"{folder}: holds chunk folders of several parts copied together (their plan-time rejects "
-                        f"and completeness cannot be checked); merge the parts' own folders: {_NEW_FORM}")
+        raise UserError(
+            f"{folder}: holds chunk folders of several parts copied together (their plan-time rejects "
+            f"and completeness cannot be checked); merge the parts' own folders: {_NEW_FORM}"
+        )
     report = report or default_report_dir(folder)
     check_report_dir(report, folder)
     with disk_errors(folder):

@@ -20,8 +20,28 @@ from typing import Any
 __all__ = ["Sentence", "CATEGORIES", "CLINICAL", "corpus", "score", "removed_chars"]
 
 #: Planted categories; ``name`` has the sub-forms title / plain / lower / caps / initials.
-CATEGORIES = ("name", "address", "city", "zip", "institution", "date", "age", "phone", "fax", "email", "ssn",
-              "mrn", "health_plan", "account", "license", "vehicle", "device", "url", "ip", "other_id")
+CATEGORIES = (
+    "name",
+    "address",
+    "city",
+    "zip",
+    "institution",
+    "date",
+    "age",
+    "phone",
+    "fax",
+    "email",
+    "ssn",
+    "mrn",
+    "health_plan",
+    "account",
+    "license",
+    "vehicle",
+    "device",
+    "url",
+    "ip",
+    "other_id",
+)
 
 
 @dataclass
@@ -47,28 +67,81 @@ _LAST = """Houseman Brightwater Quinlan-Doe Okonkwo Nwachukwu Adeyemi Tesfaye Be
     Tlatelpa Begay Tsosie Yazzie Dimaculangan Macaraeg Bautista Abdirahman Warsame Xiong Vang Moua
     Szczepanski Oyelaran Mbeki Dlamini Zulu Van der Merwe De la Cruz Fitzgerald Whitfield Ashworth
     Pemberton Thistlewood Kowalczyk Lindqvist Haugland Bergstrom Castellanos Echeverria""".split()
-_FAKER_LOCALES = (("en_US", "first_names", "last_names"), ("es_MX", "first_names", "last_names"),
-                  ("en_IN", "first_names", "last_names"), ("fr_FR", "first_names", "last_names"),
-                  ("de_DE", "first_names", "last_names"), ("it_IT", "first_names", "last_names"),
-                  ("en_GB", "first_names", "last_names"), ("yo_NG", "first_names", "last_names"),
-                  ("pt_BR", "first_names", "last_names"), ("pl_PL", "first_names", "male_last_names"),
-                  ("nl_NL", "first_names", "last_names"), ("zh_CN", "first_romanized_names", "last_romanized_names"),
-                  ("ja_JP", "first_romanized_names", "last_romanized_names"), ("tr_TR", "first_names", "last_names"))
-_CITIES = [("Boston", "MA"), ("Tucson", "AZ"), ("Springfield", "Illinois"), ("Salt Lake City", "UT"),
-           ("Duluth", "MN"), ("Bakersfield", "CA"), ("Worcester", "MA"), ("Albuquerque", "New Mexico"),
-           ("Chattanooga", "TN"), ("Spokane", "WA"), ("Fort Wayne", "IN"), ("Scranton", "PA"),
-           ("Cedar Rapids", "Iowa"), ("Flagstaff", "AZ"), ("San Antonio", "TX"), ("Ann Arbor", "MI"),
-           ("Kalamazoo", "MI"), ("Poughkeepsie", "NY"), ("Gainesville", "FL"), ("St. Louis", "MO"),
-           ("Eugene", "OR"), ("Bangor", "Maine"), ("Hilo", "HI"), ("Fargo", "ND"), ("Lowell", "MA")]
+_FAKER_LOCALES = (
+    ("en_US", "first_names", "last_names"),
+    ("es_MX", "first_names", "last_names"),
+    ("en_IN", "first_names", "last_names"),
+    ("fr_FR", "first_names", "last_names"),
+    ("de_DE", "first_names", "last_names"),
+    ("it_IT", "first_names", "last_names"),
+    ("en_GB", "first_names", "last_names"),
+    ("yo_NG", "first_names", "last_names"),
+    ("pt_BR", "first_names", "last_names"),
+    ("pl_PL", "first_names", "male_last_names"),
+    ("nl_NL", "first_names", "last_names"),
+    ("zh_CN", "first_romanized_names", "last_romanized_names"),
+    ("ja_JP", "first_romanized_names", "last_romanized_names"),
+    ("tr_TR", "first_names", "last_names"),
+)
+_CITIES = [
+    ("Boston", "MA"),
+    ("Tucson", "AZ"),
+    ("Springfield", "Illinois"),
+    ("Salt Lake City", "UT"),
+    ("Duluth", "MN"),
+    ("Bakersfield", "CA"),
+    ("Worcester", "MA"),
+    ("Albuquerque", "New Mexico"),
+    ("Chattanooga", "TN"),
+    ("Spokane", "WA"),
+    ("Fort Wayne", "IN"),
+    ("Scranton", "PA"),
+    ("Cedar Rapids", "Iowa"),
+    ("Flagstaff", "AZ"),
+    ("San Antonio", "TX"),
+    ("Ann Arbor", "MI"),
+    ("Kalamazoo", "MI"),
+    ("Poughkeepsie", "NY"),
+    ("Gainesville", "FL"),
+    ("St. Louis", "MO"),
+    ("Eugene", "OR"),
+    ("Bangor", "Maine"),
+    ("Hilo", "HI"),
+    ("Fargo", "ND"),
+    ("Lowell", "MA"),
+]
 _FOREIGN = ["Lagos", "Mumbai", "Guadalajara", "Manila", "Kraków", "Addis Ababa", "Hanoi", "Toronto"]
-_STREETS = ["Evergreen Terrace Road", "Fruit St.", "Maple Avenue", "Oak Street", "Baker Street", "Elm Drive",
-            "Willow Lane", "Commonwealth Ave", "Pine Court", "Harbor View Boulevard", "Kings Highway",
-            "Sunset Blvd"]
-_INSTITUTIONS = ["St. Mary's Hospital", "Springfield General Hospital", "Mercy Medical Center", "Mayo Clinic",
-                 "Lakeside Imaging Center", "Hospital of the University of Pennsylvania",
-                 "Children's Hospital of Philadelphia", "Good Samaritan Hospital", "Riverside Radiology Associates",
-                 "Beth Israel Deaconess Medical Center", "Saint Luke's Health System", "Cedar Valley Clinic",
-                 "Northwestern Memorial Hospital", "Mount Sinai Hospital", "Brookdale Nursing Home"]
+_STREETS = [
+    "Evergreen Terrace Road",
+    "Fruit St.",
+    "Maple Avenue",
+    "Oak Street",
+    "Baker Street",
+    "Elm Drive",
+    "Willow Lane",
+    "Commonwealth Ave",
+    "Pine Court",
+    "Harbor View Boulevard",
+    "Kings Highway",
+    "Sunset Blvd",
+]
+_INSTITUTIONS = [
+    "St. Mary's Hospital",
+    "Springfield General Hospital",
+    "Mercy Medical Center",
+    "Mayo Clinic",
+    "Lakeside Imaging Center",
+    "Hospital of the University of Pennsylvania",
+    "Children's Hospital of Philadelphia",
+    "Good Samaritan Hospital",
+    "Riverside Radiology Associates",
+    "Beth Israel Deaconess Medical Center",
+    "Saint Luke's Health System",
+    "Cedar Valley Clinic",
+    "Northwestern Memorial Hospital",
+    "Mount Sinai Hospital",
+    "Brookdale Nursing Home",
+]
 _OLD_WORDS = ["ninety-three", "ninety three", "ninety-one", "one hundred and two", "ninety", "ninety-seven"]
 
 #: Clinical sentences without PHI; eponyms and capitalized clinical words on purpose.
@@ -169,18 +242,37 @@ def _name(d: _Draw, form: str) -> list[tuple[str, str | None]]:
 
 
 _NAME_TEMPLATES = {
-    "title": ["Findings discussed with {n} at the time of the study.", "Results were called to {n} by telephone.",
-              "Comparison is made to the outside study reviewed with {n}.", "{n} was notified of the pneumothorax.",
-              "The referring physician, {n}, agrees with the plan.", "Preliminary read given to {n} in the emergency department."],
-    "plain": ["Patient {n} presents with cough and fever.", "{n}, 67F, with shortness of breath.",
-              "Mass in the right upper lobe ({n}).", "Findings discussed with {n} of the ICU team.",
-              "{n} was informed of the results.", "Wife {n} at the bedside was updated.",
-              "Study performed at the request of {n}.", "Images reviewed with {n}, who agrees."],
-    "lower": ["pt {n} here for follow up of the lung nodule.", "discussed with {n} at 3 pm.",
-              "{n} 54m with chest pain.", "called {n} with the critical result."],
+    "title": [
+        "Findings discussed with {n} at the time of the study.",
+        "Results were called to {n} by telephone.",
+        "Comparison is made to the outside study reviewed with {n}.",
+        "{n} was notified of the pneumothorax.",
+        "The referring physician, {n}, agrees with the plan.",
+        "Preliminary read given to {n} in the emergency department.",
+    ],
+    "plain": [
+        "Patient {n} presents with cough and fever.",
+        "{n}, 67F, with shortness of breath.",
+        "Mass in the right upper lobe ({n}).",
+        "Findings discussed with {n} of the ICU team.",
+        "{n} was informed of the results.",
+        "Wife {n} at the bedside was updated.",
+        "Study performed at the request of {n}.",
+        "Images reviewed with {n}, who agrees.",
+    ],
+    "lower": [
+        "pt {n} here for follow up of the lung nodule.",
+        "discussed with {n} at 3 pm.",
+        "{n} 54m with chest pain.",
+        "called {n} with the critical result.",
+    ],
     "caps": ["Pt: {n}", "PATIENT: {n} DOB ON FILE", "{n} - CT CHEST WITH CONTRAST", "Name: {n}"],
-    "initials": ["Dictated by {n}.", "Read by {n}; no change from prior.", "Discussed with {n} of urology.",
-                 "Patient initials {n}, consent on file."],
+    "initials": [
+        "Dictated by {n}.",
+        "Read by {n}; no change from prior.",
+        "Discussed with {n} of urology.",
+        "Patient initials {n}, consent on file.",
+    ],
 }
 
 
@@ -188,11 +280,28 @@ def _phi(d: _Draw, cat: str) -> list[tuple[str, str | None]]:
     """Pieces of one planted identifier of category ``cat``."""
     p = d.pick
     if cat == "date":
-        return [(p([f"{d.r.randint(1, 12):02d}/{d.r.randint(1, 28):02d}/20{d.digits(2)}", f"20{d.digits(2)}-0{d.r.randint(1, 9)}-1{d.r.randint(0, 9)}",
-                    f"March {d.r.randint(1, 28)}th, 2018", f"{d.r.randint(1, 28)} Jan 2017", f"{d.r.randint(10, 28)}-Mar-2021",
-                    f"Sept. {d.r.randint(1, 28)}", f"{d.r.randint(1, 12)}/{d.r.randint(1, 28)}", "3rd of March",
-                    "March of 2019", f"{d.r.randint(10, 28)}.0{d.r.randint(1, 9)}.2020", "Christmas Day 2019",
-                    f"{d.r.randint(1, 12)}/{d.r.randint(1, 28)}/19{d.digits(2)}", "2019"]), "date")]
+        return [
+            (
+                p(
+                    [
+                        f"{d.r.randint(1, 12):02d}/{d.r.randint(1, 28):02d}/20{d.digits(2)}",
+                        f"20{d.digits(2)}-0{d.r.randint(1, 9)}-1{d.r.randint(0, 9)}",
+                        f"March {d.r.randint(1, 28)}th, 2018",
+                        f"{d.r.randint(1, 28)} Jan 2017",
+                        f"{d.r.randint(10, 28)}-Mar-2021",
+                        f"Sept. {d.r.randint(1, 28)}",
+                        f"{d.r.randint(1, 12)}/{d.r.randint(1, 28)}",
+                        "3rd of March",
+                        "March of 2019",
+                        f"{d.r.randint(10, 28)}.0{d.r.randint(1, 9)}.2020",
+                        "Christmas Day 2019",
+                        f"{d.r.randint(1, 12)}/{d.r.randint(1, 28)}/19{d.digits(2)}",
+                        "2019",
+                    ]
+                ),
+                "date",
+            )
+        ]
     if cat == "age":
         return [(p([str(d.r.randint(90, 104)), *_OLD_WORDS]), "age")]
     if cat in ("phone", "fax"):
@@ -201,32 +310,111 @@ def _phi(d: _Draw, cat: str) -> list[tuple[str, str | None]]:
         return [(num, cat)]
     if cat == "email":
         f, last = d.person()
-        return [(f"{f[0].lower()}.{re.sub(r'[^a-z]', '', last.lower())}@{p(['mgh.harvard.edu', 'example.org', 'gmail.com', 'radpartners.com'])}", cat)]
+        return [
+            (
+                f"{f[0].lower()}.{re.sub(r'[^a-z]', '', last.lower())}@"
+                f"{p(['mgh.harvard.edu', 'example.org', 'gmail.com', 'radpartners.com'])}",
+                cat,
+            )
+        ]
     if cat == "ssn":
         return [(p([f"{d.digits(3)}-{d.digits(2)}-{d.digits(4)}", f"{d.digits(3)} {d.digits(2)} {d.digits(4)}"]), cat)]
     if cat == "mrn":
-        return [(p([d.digits(8), f"{d.letters(1)}{d.digits(7)}", f"RAD-20{d.digits(2)}-{d.digits(6)}", d.digits(7)]), cat)]
+        return [
+            (p([d.digits(8), f"{d.letters(1)}{d.digits(7)}", f"RAD-20{d.digits(2)}-{d.digits(6)}", d.digits(7)]), cat)
+        ]
     if cat == "health_plan":
-        return [(p([f"{d.letters(3)}{d.digits(9)}", f"{d.digits(1)}{d.letters(2)}{d.digits(1)}-{d.letters(2)}{d.digits(1)}-{d.letters(2)}{d.digits(2)}",
-                    f"{d.letters(2)} {d.digits(8)}", d.digits(10)]), cat)]
+        return [
+            (
+                p(
+                    [
+                        f"{d.letters(3)}{d.digits(9)}",
+                        f"{d.digits(1)}{d.letters(2)}{d.digits(1)}-{d.letters(2)}{d.digits(1)}-{d.letters(2)}{d.digits(2)}",
+                        f"{d.letters(2)} {d.digits(8)}",
+                        d.digits(10),
+                    ]
+                ),
+                cat,
+            )
+        ]
     if cat == "account":
         return [(p([d.digits(10), f"{d.digits(5)}-{d.digits(3)}", f"{d.digits(4)}-{d.digits(4)}"]), cat)]
     if cat == "license":
-        return [(p([f"MD-{d.digits(6)}", f"{d.letters(2)}{d.digits(7)}", d.digits(10), f"{d.letters(1)}{d.digits(7)}"]), cat)]
+        return [
+            (
+                p([f"MD-{d.digits(6)}", f"{d.letters(2)}{d.digits(7)}", d.digits(10), f"{d.letters(1)}{d.digits(7)}"]),
+                cat,
+            )
+        ]
     if cat == "vehicle":
-        return [(p([f"{d.r.randint(1, 9)}{d.letters(3)}{d.digits(3)}", f"1HG{d.letters(2)}{d.digits(5)}{d.letters(1)}{d.digits(6)}",
-                    f"{d.letters(3)} {d.digits(4)}"]), cat)]
+        return [
+            (
+                p(
+                    [
+                        f"{d.r.randint(1, 9)}{d.letters(3)}{d.digits(3)}",
+                        f"1HG{d.letters(2)}{d.digits(5)}{d.letters(1)}{d.digits(6)}",
+                        f"{d.letters(3)} {d.digits(4)}",
+                    ]
+                ),
+                cat,
+            )
+        ]
     if cat == "device":
-        return [(p([f"{d.letters(3)}{d.digits(6)}", f"{d.digits(5)}-{d.letters(3)}", f"00{d.digits(12)}", f"SN{d.digits(8)}"]), cat)]
+        return [
+            (
+                p(
+                    [
+                        f"{d.letters(3)}{d.digits(6)}",
+                        f"{d.digits(5)}-{d.letters(3)}",
+                        f"00{d.digits(12)}",
+                        f"SN{d.digits(8)}",
+                    ]
+                ),
+                cat,
+            )
+        ]
     if cat == "url":
-        return [(p([f"https://portal.example-health.org/records/{d.digits(6)}", "www.stmaryshospital.org",
-                    f"mychart.lakesidehealth.com/visit/{d.digits(5)}", "http://10.2.3.4/pacs/viewer"]), cat)]
+        return [
+            (
+                p(
+                    [
+                        f"https://portal.example-health.org/records/{d.digits(6)}",
+                        "www.stmaryshospital.org",
+                        f"mychart.lakesidehealth.com/visit/{d.digits(5)}",
+                        "http://10.2.3.4/pacs/viewer",
+                    ]
+                ),
+                cat,
+            )
+        ]
     if cat == "ip":
-        return [(p([f"192.168.{d.r.randint(0, 255)}.{d.r.randint(1, 254)}", f"10.{d.r.randint(0, 255)}.{d.r.randint(0, 255)}.{d.r.randint(1, 254)}",
-                    "2001:db8:85a3::8a2e:370:7334"]), cat)]
+        return [
+            (
+                p(
+                    [
+                        f"192.168.{d.r.randint(0, 255)}.{d.r.randint(1, 254)}",
+                        f"10.{d.r.randint(0, 255)}.{d.r.randint(0, 255)}.{d.r.randint(1, 254)}",
+                        "2001:db8:85a3::8a2e:370:7334",
+                    ]
+                ),
+                cat,
+            )
+        ]
     if cat == "other_id":
-        return [(p([f"CT-20{d.digits(2)}-{d.digits(4)}", f"S{d.digits(2)}-{d.digits(5)}", f"{d.digits(2)}-{d.digits(5)}",
-                    f"BB-{d.digits(4)}-{d.letters(2)}", f"{d.digits(8)}"]), cat)]
+        return [
+            (
+                p(
+                    [
+                        f"CT-20{d.digits(2)}-{d.digits(4)}",
+                        f"S{d.digits(2)}-{d.digits(5)}",
+                        f"{d.digits(2)}-{d.digits(5)}",
+                        f"BB-{d.digits(4)}-{d.letters(2)}",
+                        f"{d.digits(8)}",
+                    ]
+                ),
+                cat,
+            )
+        ]
     if cat == "address":
         return [(f"{d.r.randint(1, 9999)} {p(_STREETS)}{p(['', '', ', Apt 4B', ' Suite 210'])}", cat)]
     if cat == "zip":
@@ -245,39 +433,96 @@ def _city(d: _Draw) -> list[tuple[str, str | None]]:
 
 
 _TEMPLATES: dict[str, list[str]] = {
-    "date": ["Comparison is made to the prior study of {x}.", "Chest radiograph dated {x} shows interval improvement.",
-             "Follow-up CT recommended after {x}.", "Stable since {x}; no new nodule.", "Seen on {x} with a smaller effusion."],
-    "age": ["{x}-year-old woman with dyspnea.", "{x} year old man with a fall and hip pain.", "A {x} yo female with cough.",
-            "History: aged {x}, syncope.", "{x} years old, evaluate for pneumonia.", "Patient is {x} years old with chest pain."],
-    "phone": ["Please call the reading room at {x} with questions.", "Results phoned to the clinic, tel {x}.",
-              "Contact the radiologist at {x} for the images."],
+    "date": [
+        "Comparison is made to the prior study of {x}.",
+        "Chest radiograph dated {x} shows interval improvement.",
+        "Follow-up CT recommended after {x}.",
+        "Stable since {x}; no new nodule.",
+        "Seen on {x} with a smaller effusion.",
+    ],
+    "age": [
+        "{x}-year-old woman with dyspnea.",
+        "{x} year old man with a fall and hip pain.",
+        "A {x} yo female with cough.",
+        "History: aged {x}, syncope.",
+        "{x} years old, evaluate for pneumonia.",
+        "Patient is {x} years old with chest pain.",
+    ],
+    "phone": [
+        "Please call the reading room at {x} with questions.",
+        "Results phoned to the clinic, tel {x}.",
+        "Contact the radiologist at {x} for the images.",
+    ],
     "fax": ["Report faxed to {x}.", "Fax: {x}; attention pulmonary clinic."],
     "email": ["Images sent to {x} for review.", "Questions to {x}."],
     "ssn": ["SSN {x} on the requisition.", "Social security number: {x}."],
-    "mrn": ["MRN: {x}. CT chest without contrast.", "Accession # {x}; bilateral lower extremity duplex.",
-            "Medical record number {x}, prior MRI brain reviewed."],
-    "health_plan": ["Medicaid ID {x}; chest X-ray for cough.", "Member ID: {x}.", "Medicare number {x} on file.",
-                    "Insurance policy number {x}."],
+    "mrn": [
+        "MRN: {x}. CT chest without contrast.",
+        "Accession # {x}; bilateral lower extremity duplex.",
+        "Medical record number {x}, prior MRI brain reviewed.",
+    ],
+    "health_plan": [
+        "Medicaid ID {x}; chest X-ray for cough.",
+        "Member ID: {x}.",
+        "Medicare number {x} on file.",
+        "Insurance policy number {x}.",
+    ],
     "account": ["Account number {x}.", "Acct # {x}, outpatient ultrasound."],
     "license": ["Ordering provider license number {x}.", "DEA {x} on the order.", "NPI {x}."],
-    "vehicle": ["Motor vehicle collision; license plate {x} recorded by EMS.", "Trauma, vehicle VIN {x} per police report."],
-    "device": ["Pacemaker serial number {x}; leads in the right atrium and ventricle.", "Device ID {x}, MRI conditional.",
-               "S/N {x} of the implanted port."],
+    "vehicle": [
+        "Motor vehicle collision; license plate {x} recorded by EMS.",
+        "Trauma, vehicle VIN {x} per police report.",
+    ],
+    "device": [
+        "Pacemaker serial number {x}; leads in the right atrium and ventricle.",
+        "Device ID {x}, MRI conditional.",
+        "S/N {x} of the implanted port.",
+    ],
     "url": ["Images available at {x}.", "See {x} for the full report."],
     "ip": ["Study pushed from workstation {x} to PACS.", "Modality IP {x} logged the transfer."],
-    "other_id": ["Study ID {x}; CT abdomen and pelvis.", "Specimen {x}: core biopsy of the left breast.",
-                 "Case number {x}, bone marrow biopsy."],
+    "other_id": [
+        "Study ID {x}; CT abdomen and pelvis.",
+        "Specimen {x}: core biopsy of the left breast.",
+        "Case number {x}, bone marrow biopsy.",
+    ],
     "address": ["Patient lives at {x} and fell at home.", "Home address {x}.", "Found down at {x}."],
     "zip": ["Resides in zip code {x}.", "ZIP {x} on the requisition."],
-    "institution": ["Outside films from {x} were reviewed.", "Transferred from {x} for further care.",
-                    "Comparison with CT performed at {x}.", "Biopsy performed at {x} showed adenocarcinoma."],
-    "city": ["Patient lives in {x} and works as a farmer.", "Transferred from {x} with a pelvic fracture.",
-             "Recently traveled to {x}; evaluate for tuberculosis.", "Resident of {x}, former smoker."],
+    "institution": [
+        "Outside films from {x} were reviewed.",
+        "Transferred from {x} for further care.",
+        "Comparison with CT performed at {x}.",
+        "Biopsy performed at {x} showed adenocarcinoma.",
+    ],
+    "city": [
+        "Patient lives in {x} and works as a farmer.",
+        "Transferred from {x} with a pelvic fracture.",
+        "Recently traveled to {x}; evaluate for tuberculosis.",
+        "Resident of {x}, former smoker.",
+    ],
 }
 _NAME_FORMS = ("title", "plain", "lower", "caps", "initials")
-_COUNTS = {"name": 250, "date": 60, "age": 30, "phone": 20, "fax": 10, "email": 15, "ssn": 15, "mrn": 25,
-           "health_plan": 15, "account": 10, "license": 15, "vehicle": 10, "device": 15, "url": 12, "ip": 10,
-           "other_id": 15, "address": 25, "zip": 15, "institution": 25, "city": 30}
+_COUNTS = {
+    "name": 250,
+    "date": 60,
+    "age": 30,
+    "phone": 20,
+    "fax": 10,
+    "email": 15,
+    "ssn": 15,
+    "mrn": 25,
+    "health_plan": 15,
+    "account": 10,
+    "license": 15,
+    "vehicle": 10,
+    "device": 15,
+    "url": 12,
+    "ip": 10,
+    "other_id": 15,
+    "address": 25,
+    "zip": 15,
+    "institution": 25,
+    "city": 30,
+}
 
 
 def _fill(template: str, pieces: Callable[[], list[tuple[str, str | None]]], cat: str) -> Sentence:
@@ -325,8 +570,9 @@ def removed_chars(spans: list[tuple[int, int]], a: int, b: int) -> int:
 
 def _caught(spans: list[tuple[int, int]], text: str, a: int, b: int) -> bool:
     """Whether none of the alphanumeric characters of ``text[a:b]`` survive."""
-    return all(removed_chars(spans, m.start() + a, m.end() + a) == m.end() - m.start()
-               for m in _ALNUM.finditer(text[a:b]))
+    return all(
+        removed_chars(spans, m.start() + a, m.end() + a) == m.end() - m.start() for m in _ALNUM.finditer(text[a:b])
+    )
 
 
 def _clinical_tokens(s: Sentence) -> list[tuple[int, int]]:
@@ -352,7 +598,7 @@ def score(phi: list[Sentence], clinical: list[Sentence]) -> dict[str, Any]:
         kept = bool(reports.clean_text(s.text, mode="findings"))
         for a, b, cat, form in s.spans:
             ok = _caught(spans, s.text, a, b)
-            for k in ([cat, f"name:{form}"] if cat == "name" else [cat]):
+            for k in [cat, f"name:{form}"] if cat == "name" else [cat]:
                 hits[k][0] += ok
                 hits[k][1] += 1
                 fhits[k][0] += ok or not kept

@@ -33,8 +33,15 @@ class Progress:
     on ``stream`` (default stderr). ``what`` names the command, ``unit`` the items, ``count`` the second
     count (None: the rate is of the items)."""
 
-    def __init__(self, total: int, enabled: bool = True, stream: TextIO | None = None, what: str = "convert",
-                 unit: str = "files", count: str | None = "img") -> None:
+    def __init__(
+        self,
+        total: int,
+        enabled: bool = True,
+        stream: TextIO | None = None,
+        what: str = "convert",
+        unit: str = "files",
+        count: str | None = "img",
+    ) -> None:
         self.total, self.enabled = total, enabled
         self.what, self.unit, self.count = what, unit, count
         self.stream = stream or sys.stderr
@@ -51,8 +58,9 @@ class Progress:
             done += f", {self.files / secs:.1f}/s"
         else:
             done += f", {self.images} {self.count}, {self.images / secs:.1f} {self.count}/s"
-        return (done
-                + (f", {int(left) // 60}:{int(left) % 60:02d} left" if self.files and self.files < self.total else ""))
+        return done + (
+            f", {int(left) // 60}:{int(left) % 60:02d} left" if self.files and self.files < self.total else ""
+        )
 
     def update(self, files: int, images: int = 0) -> None:
         """Count ``files`` more items and ``images`` more of the second count; redraw if it is time."""

@@ -46,8 +46,9 @@ _LAST = ("rejects.jsonl", "summary.json", INDEX)
 #: the middle of an HTTP request, with the locks of boto3 and its connection pool taken.
 _FORK_LOCK = threading.Lock()
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_FORK_LOCK.acquire, after_in_parent=_FORK_LOCK.release,
-                        after_in_child=_FORK_LOCK.release)
+    os.register_at_fork(
+        before=_FORK_LOCK.acquire, after_in_parent=_FORK_LOCK.release, after_in_child=_FORK_LOCK.release
+    )
 
 
 def staging_dir(url: str, staging: str | None = None) -> str:
@@ -86,16 +87,21 @@ class Publisher:
         self.store.check()
         self._remote = self.store.list()
         if self._remote and not resume:
-            raise UserError(f"--out {self.url}: already holds {len(self._remote)} objects; pass --resume to "
-                            "continue an interrupted run, or choose a new --out")
+            raise UserError(
+                f"--out {self.url}: already holds {len(self._remote)} objects; pass --resume to "
+                "continue an interrupted run, or choose a new --out"
+            )
 
     def take_stock(self) -> None:
         """Sort the chunks of an interrupted run into done (in the bucket), to upload, and to redo."""
         remote = self._remote
         self._adopt_plans(remote)
         local = {d for d in done_chunks(self.staging) if CHUNK.match(d)}
-        in_bucket = {rel.split("/")[0] for rel in remote
-                     if rel.count("/") == 1 and rel.endswith("/" + DONE_FILE) and CHUNK.match(rel.split("/")[0])}
+        in_bucket = {
+            rel.split("/")[0]
+            for rel in remote
+            if rel.count("/") == 1 and rel.endswith("/" + DONE_FILE) and CHUNK.match(rel.split("/")[0])
+        }
         for name in sorted(local | in_bucket):
             folder = os.path.join(self.staging, name)
             if name not in local:
@@ -126,8 +132,10 @@ class Publisher:
                 with open(path, "w") as fh:
                     json.dump(theirs, fh)
             elif mine.get("fingerprint") != theirs.get("fingerprint"):
-                raise UserError(f"--out {self.url}: holds a run of other inputs or options than the staging folder "
-                                f"{self.staging}; use a new --out (or the staging folder of that run)")
+                raise UserError(
+                    f"--out {self.url}: holds a run of other inputs or options than the staging folder "
+                    f"{self.staging}; use a new --out (or the staging folder of that run)"
+                )
 
     def _adopt_chunk(self, name: str, remote: dict[str, dict]) -> None:
         """Take a chunk the bucket holds into staging (its index and done.json; the shards stay remote)."""
@@ -169,8 +177,9 @@ class Publisher:
         self._thread.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -203,7 +212,9 @@ class Publisher:
     def _send_state(self) -> None:
         """Upload the run's plan files (chunk sizes, planning rejects by uid) when they are new or changed."""
         state = os.path.join(self.staging, STATE_DIR)
-        for path in sorted(glob.glob(os.path.join(state, "plan-*.json")) + glob.glob(os.path.join(state, "plan-*.jsonl"))):
+        for path in sorted(
+            glob.glob(os.path.join(state, "plan-*.json")) + glob.glob(os.path.join(state, "plan-*.jsonl"))
+        ):
             st = os.stat(path)
             sig = (st.st_size, st.st_mtime_ns)
             if self._sent.get(path) == sig:
@@ -244,7 +255,9 @@ class Publisher:
         remote = self.store.list()
         missing = [e["basename"] for e in entries if remote.get(e["basename"], {}).get("size") != e["bytes"]]
         if missing:
-            raise UserError(f"--out {self.url}: {len(missing)} shards are not in the bucket (the first: {missing[0]}); "
-                            "rerun with --resume to upload them")
+            raise UserError(
+                f"--out {self.url}: {len(missing)} shards are not in the bucket (the first: {missing[0]}); "
+                "rerun with --resume to upload them"
+            )
         for f in _LAST:
             self.store.upload(os.path.join(self.staging, f), f)

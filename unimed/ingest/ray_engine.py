@@ -52,8 +52,9 @@ def _chunk_task(shared: tuple, spec: ChunkSpec) -> tuple[dict, list[dict]]:
     out, opts, wopts, key, report_dir = shared
     quiet_libraries()
     rejects: list[dict] = []
-    stats = convert_chunk(out, spec, opts, wopts, key, report=lambda _n, new: rejects.extend(new),
-                          report_dir=report_dir)
+    stats = convert_chunk(
+        out, spec, opts, wopts, key, report=lambda _n, new: rejects.extend(new), report_dir=report_dir
+    )
     return stats, rejects
 
 
@@ -75,11 +76,17 @@ class RayEngine:
             env = {k: os.environ[k] for k in (JPEG_ENV, READER_ENV) if k in os.environ}
             try:
                 # No dashboard for a cluster the run starts (and stops): it would cost seconds a run.
-                ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False,
-                         runtime_env={"env_vars": env} if env else None)
+                ray.init(
+                    address=address,
+                    logging_level=logging.WARNING,
+                    include_dashboard=False,
+                    runtime_env={"env_vars": env} if env else None,
+                )
             except ConnectionError as exc:
-                raise UserError(f"--address {address}: no Ray cluster found ({exc}); start one with "
-                                "`ray start --head`, or leave out --address for a cluster on this machine") from None
+                raise UserError(
+                    f"--address {address}: no Ray cluster found ({exc}); start one with "
+                    "`ray start --head`, or leave out --address for a cluster on this machine"
+                ) from None
         self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
 
     def slots(self, workers: int) -> int:
@@ -90,7 +97,7 @@ class RayEngine:
         """``[fn(a) for a in args]`` as Ray tasks over batches, in order: the planning of every input."""
         size = max(chunksize, -(-len(args) // (4 * self.cpus)))
         remote = self.ray.remote(num_cpus=1, max_retries=RETRIES)(_plan_batch)
-        refs = [remote.options(name="unimed-plan").remote(fn, args[i:i + size]) for i in range(0, len(args), size)]
+        refs = [remote.options(name="unimed-plan").remote(fn, args[i : i + size]) for i in range(0, len(args), size)]
         self.pending = refs
         return [r for ref in refs for r in self._get(ref, "planning")]
 
@@ -119,10 +126,16 @@ class RayEngine:
             if isinstance(exc.cause, (UserError, OSError)):
                 raise exc.cause from None  # a full disk, a bad option: the same line as a local run
             raise  # a bug: the worker's traceback
-        except (exc_mod.WorkerCrashedError, exc_mod.NodeDiedError, exc_mod.OutOfMemoryError,
-                exc_mod.ObjectLostError) as exc:
-            raise UserError(f"{what}: its Ray worker died {RETRIES + 1} times ({type(exc).__name__}); "
-                            "rerun with --resume (finished chunks are kept)") from None
+        except (
+            exc_mod.WorkerCrashedError,
+            exc_mod.NodeDiedError,
+            exc_mod.OutOfMemoryError,
+            exc_mod.ObjectLostError,
+        ) as exc:
+            raise UserError(
+                f"{what}: its Ray worker died {RETRIES + 1} times ({type(exc).__name__}); "
+                "rerun with --resume (finished chunks are kept)"
+            ) from None
 
     def cancel(self) -> None:
         """Stop every task of the job still running or queued (the run has failed)."""

@@ -32,13 +32,16 @@ def open_dataset(folder: str) -> Iterator[Any]:
 
     index = read_index(folder)
     if not any(shard.get("samples") for shard in index["shards"]):
-        raise UserError(f"{folder}: holds no samples (no input was converted; the reasons are in "
-                        f"{os.path.join(folder, 'rejects.jsonl')})")
+        raise UserError(
+            f"{folder}: holds no samples (no input was converted; the reasons are in "
+            f"{os.path.join(folder, 'rejects.jsonl')})"
+        )
     with tempfile.TemporaryDirectory(prefix="unimed-read-") as cache:
         for attempt in range(_ATTEMPTS):
             try:
-                ds = StreamingDataset(remote=os.path.abspath(folder), local=cache, shuffle=False, batch_size=1,
-                                      download_retry=1)
+                ds = StreamingDataset(
+                    remote=os.path.abspath(folder), local=cache, shuffle=False, batch_size=1, download_retry=1
+                )
                 break
             except FileExistsError:  # another process took the same free shared-memory prefix first
                 if attempt == _ATTEMPTS - 1:

@@ -134,8 +134,10 @@ def _source_shards(folder: str, by: str) -> list[dict]:
     lacking = sum(by not in (s.get("column_names") or []) for s in shards)
     if lacking:
         which = "its shards have" if lacking == len(shards) else f"{lacking} of its {len(shards)} shards have"
-        raise UserError(f"{folder}: {which} no {by} column (converted before {by} keys were stored); "
-                        f"re-convert it with this version and the same uid key to split by {by}")
+        raise UserError(
+            f"{folder}: {which} no {by} column (converted before {by} keys were stored); "
+            f"re-convert it with this version and the same uid key to split by {by}"
+        )
     return shards
 
 
@@ -153,8 +155,16 @@ def split(cfg: SplitConfig) -> dict[str, Any]:
     partial = f"{os.path.normpath(out)}.partial"
     shutil.rmtree(partial, ignore_errors=True)  # what an interrupted split left
     bounds = _bounds(cfg.values)
-    writers = [ShardWriter(os.path.join(partial, n), columns, compression=first.get("compression"),
-                           hashes=["xxh64"], size_limit=first.get("size_limit") or "64mb") for n in cfg.split_names]
+    writers = [
+        ShardWriter(
+            os.path.join(partial, n),
+            columns,
+            compression=first.get("compression"),
+            hashes=["xxh64"],
+            size_limit=first.get("size_limit") or "64mb",
+        )
+        for n in cfg.split_names
+    ]
     samples = [0] * len(writers)
     alone = [0] * len(writers)  # samples without a key: each its own group
     groups: list[set[str]] = [set() for _ in writers]
@@ -180,20 +190,32 @@ def split(cfg: SplitConfig) -> dict[str, Any]:
     bar.close()
     total, keyed = sum(samples), sum(len(g) for g in groups)
     report: dict[str, Any] = {
-        "by": cfg.by, "seed": cfg.seed, "fractions": dict(zip(cfg.split_names, cfg.values)),
+        "by": cfg.by,
+        "seed": cfg.seed,
+        "fractions": dict(zip(cfg.split_names, cfg.values)),
         "method": "hash of the seed and each group's key (a group keeps its split as data is added)",
-        "samples": total, "groups": keyed, "samples_without_key": sum(alone), "out": out, "splits": {},
+        "samples": total,
+        "groups": keyed,
+        "samples_without_key": sum(alone),
+        "out": out,
+        "splits": {},
     }
     for i, (name, w) in enumerate(zip(cfg.split_names, writers)):
         w.finish()
         report["splits"][name] = {
-            "samples": samples[i], "groups": len(groups[i]), "samples_without_key": alone[i],
+            "samples": samples[i],
+            "groups": len(groups[i]),
+            "samples_without_key": alone[i],
             "sample_fraction": round(samples[i] / total, 4),
             "group_fraction": round(len(groups[i]) / keyed, 4) if keyed else None,
         }
-        summary = {"images": samples[i], "modality": dict(sorted(modality[i].items())),
-                   "source": dict(sorted(source[i].items())), _PLURAL[cfg.by]: len(groups[i]),
-                   "split": {"name": name, "by": cfg.by, "seed": cfg.seed, "fraction": cfg.values[i]}}
+        summary = {
+            "images": samples[i],
+            "modality": dict(sorted(modality[i].items())),
+            "source": dict(sorted(source[i].items())),
+            _PLURAL[cfg.by]: len(groups[i]),
+            "split": {"name": name, "by": cfg.by, "seed": cfg.seed, "fraction": cfg.values[i]},
+        }
         with open(os.path.join(partial, name, "summary.json"), "w") as fh:
             json.dump(summary, fh, indent=2)
     with open(os.path.join(partial, "split.json"), "w") as fh:
@@ -211,21 +233,29 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     def count(n: int, what: str) -> str:
         return f"{n} {what if n == 1 else _PLURAL[what]}"
 
-    lines = [f"split {count(total, 'sample')}, {count(report['groups'], by)}, by {by} (seed {report['seed']}; "
-             f"each {by}'s split from a hash of its key and the seed) into {report['out']}"]
+    lines = [
+        f"split {count(total, 'sample')}, {count(report['groups'], by)}, by {by} (seed {report['seed']}; "
+        f"each {by}'s split from a hash of its key and the seed) into {report['out']}"
+    ]
     width = max(len(n) for n in report["splits"])
     off = False
     for name, s in report["splits"].items():
         groups = count(s["groups"], by) + (f" ({s['group_fraction']:.3f})" if s["group_fraction"] is not None else "")
         want = report["fractions"][name]
         off |= abs(s["sample_fraction"] - want) > 0.05
-        lines.append(f"  {name + ':':<{width + 1}} {count(s['samples'], 'sample')} ({s['sample_fraction']:.3f}, "
-                     f"asked {want:g}), {groups}" + ("  (empty)" if not s["samples"] else ""))
+        lines.append(
+            f"  {name + ':':<{width + 1}} {count(s['samples'], 'sample')} ({s['sample_fraction']:.3f}, "
+            f"asked {want:g}), {groups}" + ("  (empty)" if not s["samples"] else "")
+        )
     if off:
-        lines.append(f"note: the fractions hold on average over {_PLURAL[by]}; with "
-                     f"{count(report['groups'], by)} they are coarse (another --seed is another draw)")
+        lines.append(
+            f"note: the fractions hold on average over {_PLURAL[by]}; with "
+            f"{count(report['groups'], by)} they are coarse (another --seed is another draw)"
+        )
     if report["samples_without_key"]:
-        lines.append(f"note: {report['samples_without_key']} samples have no {by} key (PNG/JPEG folders, NIfTI "
-                     f"volumes, DICOM without {'PatientID' if by == 'patient' else 'StudyInstanceUID'}): "
-                     "each is its own group")
+        lines.append(
+            f"note: {report['samples_without_key']} samples have no {by} key (PNG/JPEG folders, NIfTI "
+            f"volumes, DICOM without {'PatientID' if by == 'patient' else 'StudyInstanceUID'}): "
+            "each is its own group"
+        )
     return lines

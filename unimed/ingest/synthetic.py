@@ -15,7 +15,7 @@ __all__ = ["phantom_slice", "write_ct_series", "write_nifti_volumes", "tissue_ti
 
 def phantom_slice(size: int, k: int, n: int, rng: np.random.Generator) -> np.ndarray:
     """An int16 CT-like slice in Hounsfield units: air, a body ellipse, organs and bone."""
-    y, x = np.mgrid[-1:1:complex(size), -1:1:complex(size)]
+    y, x = np.mgrid[-1 : 1 : complex(size), -1 : 1 : complex(size)]
     t = k / max(n - 1, 1)
     hu = np.full((size, size), -1000.0)
     body = (x / 0.85) ** 2 + (y / (0.65 + 0.1 * t)) ** 2 < 1
@@ -28,8 +28,15 @@ def phantom_slice(size: int, k: int, n: int, rng: np.random.Generator) -> np.nda
     return np.clip(hu, -1024, 3071).astype(np.int16)
 
 
-def write_ct_slice(path: str | Path, hu: np.ndarray, study: str | None = None, series: str | None = None,
-                   index: int = 0, patient_id: str = "SYN0001", issuer: str | None = None) -> Path:
+def write_ct_slice(
+    path: str | Path,
+    hu: np.ndarray,
+    study: str | None = None,
+    series: str | None = None,
+    index: int = 0,
+    patient_id: str = "SYN0001",
+    issuer: str | None = None,
+) -> Path:
     """Write one uncompressed CT slice (int16 HU, rescale 1/0, slice ``index`` of a series) with pydicom.
 
     ``patient_id`` and ``issuer`` (IssuerOfPatientID, left out when None) name the patient.
@@ -69,8 +76,16 @@ def write_ct_slice(path: str | Path, hu: np.ndarray, study: str | None = None, s
     return path
 
 
-def write_ct_series(folder: str | Path, n: int, size: int = 512, seed: int = 0, patient_id: str = "SYN0001",
-                    issuer: str | None = None, study: str | None = None, names: str = "slice{k:05d}.dcm") -> list[Path]:
+def write_ct_series(
+    folder: str | Path,
+    n: int,
+    size: int = 512,
+    seed: int = 0,
+    patient_id: str = "SYN0001",
+    issuer: str | None = None,
+    study: str | None = None,
+    names: str = "slice{k:05d}.dcm",
+) -> list[Path]:
     """Write an uncompressed CT series of ``n`` slices (int16, rescale intercept 0) with pydicom.
 
     The series belongs to ``patient_id`` (at ``issuer``) and to ``study`` (a new StudyInstanceUID when
@@ -81,13 +96,15 @@ def write_ct_series(folder: str | Path, n: int, size: int = 512, seed: int = 0, 
     folder = Path(folder)
     rng = np.random.default_rng(seed)
     study, series = study or generate_uid(), generate_uid()
-    return [write_ct_slice(folder / names.format(k=k), phantom_slice(size, k, n, rng), study, series, k,
-                           patient_id, issuer)
-            for k in range(n)]
+    return [
+        write_ct_slice(folder / names.format(k=k), phantom_slice(size, k, n, rng), study, series, k, patient_id, issuer)
+        for k in range(n)
+    ]
 
 
-def write_nifti_volumes(folder: str | Path, n_volumes: int, slices: int, size: int = 512, seed: int = 0,
-                        gz: bool = True) -> list[Path]:
+def write_nifti_volumes(
+    folder: str | Path, n_volumes: int, slices: int, size: int = 512, seed: int = 0, gz: bool = True
+) -> list[Path]:
     """Write ``n_volumes`` CT volumes of ``slices`` slices each (int16 HU) with nibabel."""
     import nibabel as nib
 
@@ -105,8 +122,16 @@ def write_nifti_volumes(folder: str | Path, n_volumes: int, slices: int, size: i
     return paths
 
 
-def tissue_tile(x0: int, y0: int, size: int, scale: float, width: int, height: int,
-                blobs: list[tuple[float, float, float]], rng: np.random.Generator) -> np.ndarray | None:
+def tissue_tile(
+    x0: int,
+    y0: int,
+    size: int,
+    scale: float,
+    width: int,
+    height: int,
+    blobs: list[tuple[float, float, float]],
+    rng: np.random.Generator,
+) -> np.ndarray | None:
     """An RGB tile of an H&E-like slide at level-0 origin (x0, y0), ``scale`` level-0 pixels per pixel.
 
     Tissue is pink/purple texture inside circular ``blobs`` (cx, cy, r in fractions of the width) on a
@@ -130,8 +155,17 @@ def tissue_tile(x0: int, y0: int, size: int, scale: float, width: int, height: i
     return tile
 
 
-def write_slide(path: str | Path, width: int, height: int, tile: int = 256, levels: int = 4, mpp: float = 0.25,
-                blobs: list[tuple[float, float, float]] | None = None, quality: int = 85, seed: int = 0) -> Path:
+def write_slide(
+    path: str | Path,
+    width: int,
+    height: int,
+    tile: int = 256,
+    levels: int = 4,
+    mpp: float = 0.25,
+    blobs: list[tuple[float, float, float]] | None = None,
+    quality: int = 85,
+    seed: int = 0,
+) -> Path:
     """Write a pyramidal, tiled, JPEG-compressed BigTIFF slide tile by tile (memory: a few tiles).
 
     Levels halve the size; resolution tags give ``mpp`` microns per pixel at level 0. Background
@@ -156,8 +190,18 @@ def write_slide(path: str | Path, width: int, height: int, tile: int = 256, leve
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         for level in range(levels):
             w, h = -(-width // 2**level), -(-height // 2**level)
-            extra = {"subifds": levels - 1, "resolution": (res, res), "resolutionunit": "CENTIMETER"} \
-                if level == 0 else {"subfiletype": 1}
-            tif.write(tiles(level), shape=(h, w, 3), dtype="uint8", tile=(tile, tile), compression="jpeg",
-                      photometric="rgb", **extra)
+            extra = (
+                {"subifds": levels - 1, "resolution": (res, res), "resolutionunit": "CENTIMETER"}
+                if level == 0
+                else {"subfiletype": 1}
+            )
+            tif.write(
+                tiles(level),
+                shape=(h, w, 3),
+                dtype="uint8",
+                tile=(tile, tile),
+                compression="jpeg",
+                photometric="rgb",
+                **extra,
+            )
     return path

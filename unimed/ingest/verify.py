@@ -88,8 +88,9 @@ def _check_samples(folder: str, index: dict, decode: bool, progress: bool = True
                             im.load()
                             meta: Any = sample.get("meta") or {}
                             if (meta.get("width"), meta.get("height")) != im.size:
-                                faults.append(f"{where}: image is {im.size}, meta says "
-                                              f"{(meta.get('width'), meta.get('height'))}")
+                                faults.append(
+                                    f"{where}: image is {im.size}, meta says {(meta.get('width'), meta.get('height'))}"
+                                )
                     except Exception as exc:
                         faults.append(f"{where}: image does not decode ({type(exc).__name__})")
     bar.close()

@@ -102,8 +102,9 @@ def _label_captions(engine: CaptionEngine, modality: str, labels: list[str], ana
     return hit
 
 
-def _convert_task(task: Task, opts: Options, engine: CaptionEngine, wopts: WriteOptions,
-                  key: bytes) -> tuple[list[dict], str | None]:
+def _convert_task(
+    task: Task, opts: Options, engine: CaptionEngine, wopts: WriteOptions, key: bytes
+) -> tuple[list[dict], str | None]:
     """The samples of one task, or no samples and the reason (a reject never stops the chunk)."""
     samples: list[dict] = []
     try:
@@ -118,8 +119,9 @@ def _convert_task(task: Task, opts: Options, engine: CaptionEngine, wopts: Write
     return samples, None
 
 
-def _convert_copies(task: Task, opts: Options, engine: CaptionEngine, wopts: WriteOptions,
-                    key: bytes) -> tuple[list[dict], list[tuple[str, str]]]:
+def _convert_copies(
+    task: Task, opts: Options, engine: CaptionEngine, wopts: WriteOptions, key: bytes
+) -> tuple[list[dict], list[tuple[str, str]]]:
     """Convert a task, trying the other copies of the same DICOM instance when it fails.
 
     The first copy (in path order) that converts is kept; every other copy becomes a reject saying
@@ -132,7 +134,7 @@ def _convert_copies(task: Task, opts: Options, engine: CaptionEngine, wopts: Wri
         if samples:
             dup = "duplicate DICOM instance (same SOP Instance UID)"
             rejects = [(p, f"{dup}: this copy failed ({r}); another copy was kept") for p, r in failed]
-            rejects += [(c.name, f"{dup}: another copy was kept") for c in copies[i + 1:]]
+            rejects += [(c.name, f"{dup}: another copy was kept") for c in copies[i + 1 :]]
             return samples, rejects
         failed.append((copy.name, reason or "no image"))
     if len(failed) > 1:
@@ -140,8 +142,15 @@ def _convert_copies(task: Task, opts: Options, engine: CaptionEngine, wopts: Wri
     return [], failed
 
 
-def process_chunk(out: str, spec: ChunkSpec, opts: Options, wopts: WriteOptions, key: bytes,
-                  report: Any = None, report_dir: str | None = None) -> dict:
+def process_chunk(
+    out: str,
+    spec: ChunkSpec,
+    opts: Options,
+    wopts: WriteOptions,
+    key: bytes,
+    report: Any = None,
+    report_dir: str | None = None,
+) -> dict:
     """Convert a chunk's tasks into ``<out>/<spec.name>/``; return its stats.
 
     ``report(n_images, rejects)`` is called after each task (progress and reject lines). Rejects in
@@ -162,8 +171,9 @@ def process_chunk(out: str, spec: ChunkSpec, opts: Options, wopts: WriteOptions,
     n = 0
     image_bytes = 0
     gen_time = 0.0
-    with ShardWriter(tmp, COLUMNS, compression=wopts.compression, hashes=["xxh64"],
-                     size_limit=wopts.size_limit) as writer:
+    with ShardWriter(
+        tmp, COLUMNS, compression=wopts.compression, hashes=["xxh64"], size_limit=wopts.size_limit
+    ) as writer:
         for task in spec.tasks:
             t0 = time.perf_counter()
             enc0 = TIMES.get("encode", 0.0)

@@ -13,5 +13,13 @@ from __future__ import annotations
 from unimed.kernels.dispatch import IMPLS, choose_impl, clip_loss, contrastive_ce, siglip_loss
 from unimed.kernels.reference import clip_loss_reference, contrastive_ce_reference, siglip_loss_reference
 
-__all__ = ["IMPLS", "choose_impl", "clip_loss", "contrastive_ce", "siglip_loss", "clip_loss_reference",
-           "contrastive_ce_reference", "siglip_loss_reference"]
+__all__ = [
+    "IMPLS",
+    "choose_impl",
+    "clip_loss",
+    "contrastive_ce",
+    "siglip_loss",
+    "clip_loss_reference",
+    "contrastive_ce_reference",
+    "siglip_loss_reference",
+]

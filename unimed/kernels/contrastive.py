@@ -34,17 +34,28 @@ INTERPRETED: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
-def _scores(A, B, rows, cols, N, M, D, stride_a, stride_b,
-            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-            PREC: tl.constexpr, UPCAST: tl.constexpr):
+def _scores(
+    A,
+    B,
+    rows,
+    cols,
+    N,
+    M,
+    D,
+    stride_a,
+    stride_b,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """The tile ``A[rows] @ B[cols].T`` in float32, over d in chunks of BLOCK_K (zero-padded)."""
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k in range(0, D, BLOCK_K):
         kk = k + tl.arange(0, BLOCK_K)
-        a = tl.load(A + rows[:, None] * stride_a + kk[None, :], mask=(rows[:, None] < N) & (kk[None, :] < D),
-                    other=0.0)
-        b = tl.load(B + cols[:, None] * stride_b + kk[None, :], mask=(cols[:, None] < M) & (kk[None, :] < D),
-                    other=0.0)
+        a = tl.load(A + rows[:, None] * stride_a + kk[None, :], mask=(rows[:, None] < N) & (kk[None, :] < D), other=0.0)
+        b = tl.load(B + cols[:, None] * stride_b + kk[None, :], mask=(cols[:, None] < M) & (kk[None, :] < D), other=0.0)
         if UPCAST:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
@@ -53,9 +64,24 @@ def _scores(A, B, rows, cols, N, M, D, stride_a, stride_b,
 
 
 @triton.jit
-def _row_stat_kernel(A, B, SCALE, BIAS, OUT, N, M, D, stride_a, stride_b,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     MODE: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+def _row_stat_kernel(
+    A,
+    B,
+    SCALE,
+    BIAS,
+    OUT,
+    N,
+    M,
+    D,
+    stride_a,
+    stride_b,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    MODE: tl.constexpr,
+    PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     s = tl.load(SCALE)
     bias = tl.load(BIAS)
@@ -68,8 +94,9 @@ def _row_stat_kernel(A, B, SCALE, BIAS, OUT, N, M, D, stride_a, stride_b,
         if MODE == 0:  # running max and sum-exp; exp2 of differences, the max itself stays exact
             x = tl.where(cmask[None, :], x, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(x, 1))
-            l_i = (l_i * tl.exp2((m_i - m_new) * 1.4426950408889634)
-                   + tl.sum(tl.exp2((x - m_new[:, None]) * 1.4426950408889634), 1))
+            l_i = l_i * tl.exp2((m_i - m_new) * 1.4426950408889634) + tl.sum(
+                tl.exp2((x - m_new[:, None]) * 1.4426950408889634), 1
+            )
             m_i = m_new
         else:  # stable softplus
             x = x + bias
@@ -83,10 +110,33 @@ def _row_stat_kernel(A, B, SCALE, BIAS, OUT, N, M, D, stride_a, stride_b,
 
 
 @triton.jit
-def _row_grad_kernel(A, B, SCALE, BIAS, STAT_R, G_R, STAT_C, G_C, DA, DS, DB, N, M, D, stride_a, stride_b,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     BLOCK_DO: tl.constexpr, MODE: tl.constexpr, HAS_ROW: tl.constexpr,
-                     HAS_COL: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+def _row_grad_kernel(
+    A,
+    B,
+    SCALE,
+    BIAS,
+    STAT_R,
+    G_R,
+    STAT_C,
+    G_C,
+    DA,
+    DS,
+    DB,
+    N,
+    M,
+    D,
+    stride_a,
+    stride_b,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_DO: tl.constexpr,
+    MODE: tl.constexpr,
+    HAS_ROW: tl.constexpr,
+    HAS_COL: tl.constexpr,
+    PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dout = tl.program_id(1) * BLOCK_DO + tl.arange(0, BLOCK_DO)
     rmask = rows < N
@@ -119,8 +169,7 @@ def _row_grad_kernel(A, B, SCALE, BIAS, STAT_R, G_R, STAT_C, G_C, DA, DS, DB, N,
             if HAS_COL:
                 w += g_c[None, :] * p
         w = tl.where(rmask[:, None] & cmask[None, :], w, 0.0)
-        b = tl.load(B + cols[:, None] * stride_b + dout[None, :], mask=cmask[:, None] & (dout[None, :] < D),
-                    other=0.0)
+        b = tl.load(B + cols[:, None] * stride_b + dout[None, :], mask=cmask[:, None] & (dout[None, :] < D), other=0.0)
         if UPCAST:
             b = b.to(tl.float32)
         acc += tl.dot(w.to(b.dtype), b, input_precision=PREC)
@@ -153,15 +202,24 @@ def _tuned(grad: bool, d_pad: int):
     """Autotuned CUDA launchers; configs that exceed the device's resources are skipped by the tuner."""
     Config = triton.Config
     if not grad:
-        configs = [Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
-                   for bm, bn, bk, w, st in [(128, 64, 64, 8, 3), (128, 128, 64, 8, 3), (64, 128, 64, 4, 3),
-                                             (128, 64, 32, 4, 4), (64, 64, 64, 4, 3)]]
+        configs = [
+            Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
+            for bm, bn, bk, w, st in [
+                (128, 64, 64, 8, 3),
+                (128, 128, 64, 8, 3),
+                (64, 128, 64, 4, 3),
+                (128, 64, 32, 4, 4),
+                (64, 64, 64, 4, 3),
+            ]
+        ]
         return triton.autotune(configs, key=["M", "D", "MODE"])(_row_stat_kernel)
     dos = sorted({min(d_pad, x) for x in (128, 256, 512)})
-    configs = [Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 64, "BLOCK_DO": do}, num_warps=w, num_stages=st)
-               for do in dos
-               for bm, bn, w, st in [(64, 64, 8, 2), (64, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 3)]
-               if bm * do <= 64 * 512 and (w == 8 or do <= 256)]  # fp32 accumulators that fit in registers
+    configs = [
+        Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 64, "BLOCK_DO": do}, num_warps=w, num_stages=st)
+        for do in dos
+        for bm, bn, w, st in [(64, 64, 8, 2), (64, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 3)]
+        if bm * do <= 64 * 512 and (w == 8 or do <= 256)
+    ]  # fp32 accumulators that fit in registers
     return triton.autotune(configs, key=["M", "D", "MODE", "HAS_ROW", "HAS_COL"])(_row_grad_kernel)
 
 
@@ -171,8 +229,9 @@ def _scalars(scale: torch.Tensor, bias: torch.Tensor | None, device: torch.devic
     return s, b
 
 
-def row_stat(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-             mode: int) -> torch.Tensor:
+def row_stat(
+    a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, mode: int
+) -> torch.Tensor:
     """Per-row statistic of ``scale * a @ b.T (+ bias)``: log-sum-exp (mode 0) or softplus sum (mode 1).
 
     ``a`` [N, d] and ``b`` [M, d] must be contiguous and of one dtype; the result is float32 [N].
@@ -190,13 +249,20 @@ def row_stat(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias: torch.
     else:
         with torch.cuda.device(a.device):
             _tuned(False, max(16, triton.next_power_of_2(d)))[lambda c: (triton.cdiv(n, c["BLOCK_M"]),)](
-                *args, MODE=mode, PREC=_prec(a), UPCAST=False)
+                *args, MODE=mode, PREC=_prec(a), UPCAST=False
+            )
     return out
 
 
-def row_grad(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, mode: int,
-             row: tuple[torch.Tensor, torch.Tensor] | None,
-             col: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def row_grad(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    mode: int,
+    row: tuple[torch.Tensor, torch.Tensor] | None,
+    col: tuple[torch.Tensor, torch.Tensor] | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of row statistics of ``x = scale * a @ b.T (+ bias)``, with respect to ``a``.
 
     ``row = (stat_a [N], g_a [N])`` when the loss holds ``Σ_i g_a_i * stat_a_i`` (the statistic of each
@@ -226,5 +292,6 @@ def row_grad(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias: torch.
     else:
         with torch.cuda.device(dev):
             _tuned(True, max(16, triton.next_power_of_2(d)))[
-                lambda c: (triton.cdiv(n, c["BLOCK_M"]), triton.cdiv(d, c["BLOCK_DO"]))](*args, **flags, UPCAST=False)
+                lambda c: (triton.cdiv(n, c["BLOCK_M"]), triton.cdiv(d, c["BLOCK_DO"]))
+            ](*args, **flags, UPCAST=False)
     return da, ds, db

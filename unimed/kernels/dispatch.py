@@ -74,11 +74,14 @@ def choose_impl(impl: str, device: torch.device, dtype: torch.dtype = torch.floa
         if not _triton_available():
             raise ValueError("impl='triton' needs the triton package; use impl='torch'")
         if device.type != "cuda" and not _interpreted():
-            raise ValueError("impl='triton' on CPU runs only under Triton's interpreter: set TRITON_INTERPRET=1 "
-                             "before unimed.kernels runs its first kernel, or use impl='torch'")
+            raise ValueError(
+                "impl='triton' on CPU runs only under Triton's interpreter: set TRITON_INTERPRET=1 "
+                "before unimed.kernels runs its first kernel, or use impl='torch'"
+            )
         if dtype not in _KERNEL_DTYPES:
-            raise ValueError(f"the Triton kernels take float32, bfloat16 or float16 features, not {dtype}; "
-                             "use impl='torch'")
+            raise ValueError(
+                f"the Triton kernels take float32, bfloat16 or float16 features, not {dtype}; use impl='torch'"
+            )
     if (impl, reason) not in _LOGGED:
         _LOGGED.add((impl, reason))
         log.info("unimed.kernels: contrastive losses use %s (%s)", impl, reason)
@@ -113,11 +116,12 @@ def _positives(rows: torch.Tensor, cols: torch.Tensor, offset: int) -> torch.Ten
     n = rows.shape[0]
     if offset < 0 or offset + n > cols.shape[0]:
         raise ValueError(f"{n} rows at label offset {offset} do not fit {cols.shape[0]} columns")
-    return (rows.float() * cols[offset:offset + n].float()).sum(dim=1)
+    return (rows.float() * cols[offset : offset + n].float()).sum(dim=1)
 
 
-def contrastive_ce(rows: torch.Tensor, cols: torch.Tensor, logit_scale: torch.Tensor, offset: int = 0,
-                   impl: str = "auto") -> torch.Tensor:
+def contrastive_ce(
+    rows: torch.Tensor, cols: torch.Tensor, logit_scale: torch.Tensor, offset: int = 0, impl: str = "auto"
+) -> torch.Tensor:
     """One direction of CLIP: mean over rows of the cross-entropy of ``scale * rows @ cols.T``, label ``i + offset``."""
     which = choose_impl(impl, rows.device, rows.dtype)
     scale = _scale(logit_scale)
@@ -130,9 +134,16 @@ def contrastive_ce(rows: torch.Tensor, cols: torch.Tensor, logit_scale: torch.Te
     return (row_lse(rows, cols, scale) - scale.float() * pos).mean()
 
 
-def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-              impl: str = "auto", *, image_all: torch.Tensor | None = None, text_all: torch.Tensor | None = None,
-              offset: int = 0) -> torch.Tensor:
+def clip_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    impl: str = "auto",
+    *,
+    image_all: torch.Tensor | None = None,
+    text_all: torch.Tensor | None = None,
+    offset: int = 0,
+) -> torch.Tensor:
     """Symmetric InfoNCE (CLIP), the scalar ``(CE_image→text + CE_text→image) / 2``.
 
     ``logit_scale`` is the multiplier of the similarities (already exponentiated), a 1-element
@@ -145,8 +156,9 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     which = choose_impl(impl, image_features.device, image_features.dtype)
     scale = _scale(logit_scale)
     if which == "torch":
-        return reference.clip_loss_reference(image_features, text_features, scale, image_all=image_all,
-                                             text_all=text_all, offset=offset)
+        return reference.clip_loss_reference(
+            image_features, text_features, scale, image_all=image_all, text_all=text_all, offset=offset
+        )
     from unimed.kernels.functions import pair_lse, row_lse
 
     if image_all is image_features and text_all is text_features and offset == 0:
@@ -162,9 +174,16 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     return 0.5 * (i2t.mean() + t2i.mean())
 
 
-def siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-                logit_bias: torch.Tensor, impl: str = "auto", *, text_all: torch.Tensor | None = None,
-                offset: int = 0) -> torch.Tensor:
+def siglip_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor,
+    impl: str = "auto",
+    *,
+    text_all: torch.Tensor | None = None,
+    offset: int = 0,
+) -> torch.Tensor:
     """Sigmoid (SigLIP) loss ``-Σ_ij log σ(z_ij (scale x_i·y_j + bias)) / N``, z = +1 on positives, else -1.
 
     Tiled like :func:`clip_loss`: the kernel sums ``softplus(x)`` over all pairs and the positives
@@ -178,8 +197,9 @@ def siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit
         raise ValueError(f"logit_bias must hold one value, got shape {tuple(logit_bias.shape)}")
     bias = logit_bias.reshape(1)
     if which == "torch":
-        return reference.siglip_loss_reference(image_features, text_features, scale, bias, text_all=text_all,
-                                               offset=offset)
+        return reference.siglip_loss_reference(
+            image_features, text_features, scale, bias, text_all=text_all, offset=offset
+        )
     from unimed.kernels.functions import softplus_sum
 
     img, txt_all = _prepare(image_features, text_all)

@@ -18,8 +18,9 @@ class _RowStats(torch.autograd.Function):
     """Statistics of ``x = scale * a @ b.T (+ bias)`` over its rows (and, if ``both``, its columns)."""
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-                mode: int, both: bool):  # type: ignore[override]
+    def forward(
+        ctx, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, mode: int, both: bool
+    ):  # type: ignore[override]
         stat_a = row_stat(a, b, scale, bias, mode)
         stat_b = row_stat(b, a, scale, bias, mode) if both else None
         ctx.save_for_backward(a, b, scale, bias, stat_a, stat_b)

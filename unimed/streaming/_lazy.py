@@ -38,6 +38,7 @@ def import_streaming() -> ModuleType:
     if "streaming" in sys.modules:
         return sys.modules["streaming"]
     import torch  # noqa: F401  (first: torch's own import walks sys.modules, which would load the lazy ones)
+
     spec = importlib.util.find_spec("streaming")  # a top-level spec: imports nothing
     if spec is not None and spec.submodule_search_locations:
         for name in _DEFERRED:

@@ -26,8 +26,7 @@ import numpy as np
 
 from unimed.streaming.config import CLIP_MEAN, CLIP_STD, AugmentConfig
 
-__all__ = ["AugmentConfig", "DaliProxyTransform", "build_pipeline", "choose_device", "CLIP_MEAN", "CLIP_STD",
-           "DEVICES"]
+__all__ = ["AugmentConfig", "DaliProxyTransform", "build_pipeline", "choose_device", "CLIP_MEAN", "CLIP_STD", "DEVICES"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +51,12 @@ def choose_device(requested: str = "auto") -> str:
         raise ValueError(f"loader device must be one of {', '.join(DEVICES)} (from {source}), got {requested!r}")
     has_cuda = torch.cuda.is_available()
     if requested == "gpu" and not has_cuda:
-        raise ValueError(
-            f"DALI device 'gpu' requested ({source}) but CUDA is not available; use 'cpu' or 'auto'"
-        )
+        raise ValueError(f"DALI device 'gpu' requested ({source}) but CUDA is not available; use 'cpu' or 'auto'")
     if requested == "auto":
         device = "gpu" if has_cuda else "cpu"
-        reason = "CUDA is available: DALI, nvJPEG decode" if has_cuda else "no CUDA device: decode in the loader workers"
+        reason = (
+            "CUDA is available: DALI, nvJPEG decode" if has_cuda else "no CUDA device: decode in the loader workers"
+        )
     else:
         device, reason = requested, f"requested by {source}"
     if (device, reason) not in _logged_choice:
@@ -124,7 +123,10 @@ def build_pipeline(
         else:  # flip and crop are fed (the proxy's inputs are fixed) but unused
             images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB, dtype=dtype)
             images = fn.resize(images, resize_shorter=size, antialias=True, interp_type=types.INTERP_CUBIC)
-            extra = {"crop": (size, size), "mirror": fn.cast(flip, dtype=types.INT32) * 0 + fn.cast(crop[0] * 0, dtype=types.INT32)}
+            extra = {
+                "crop": (size, size),
+                "mirror": fn.cast(flip, dtype=types.INT32) * 0 + fn.cast(crop[0] * 0, dtype=types.INT32),
+            }
         return fn.crop_mirror_normalize(
             images, dtype=types.UINT8, output_layout="CHW", mean=[0.0] * 3, std=std, **extra
         )
@@ -153,6 +155,9 @@ class DaliProxyTransform:
 
             info = get_worker_info()
             proxy._worker_data = _DALIProxy._WorkerData((self.generation, info.id if info else 0))
-        sample["image"] = proxy(encoded=sample["image"], flip=np.asarray(sample["flip"], dtype=np.uint8),
-                                crop=np.asarray(sample["crop"], dtype=np.float32))
+        sample["image"] = proxy(
+            encoded=sample["image"],
+            flip=np.asarray(sample["flip"], dtype=np.uint8),
+            crop=np.asarray(sample["crop"], dtype=np.float32),
+        )
         return sample

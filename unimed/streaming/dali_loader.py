@@ -105,8 +105,9 @@ class DaliDataLoader(BatchAccounting, proxy.DataLoader):
     (:class:`unimed.streaming.loader.BatchAccounting`, with the token trimming).
     """
 
-    def __init__(self, dali_server: proxy.DALIServer, dataset: UnimedDataset, pad_multiple: int | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, dali_server: proxy.DALIServer, dataset: UnimedDataset, pad_multiple: int | None = None, **kwargs: Any
+    ) -> None:
         if not isinstance(dataset.transform, DaliProxyTransform):
             raise ValueError("DaliDataLoader needs a dataset whose transform is a DaliProxyTransform")
         super().__init__(dali_server, dataset, **kwargs)

@@ -67,8 +67,15 @@ _CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 windows before i
 _DRAW_X, _DRAW_Y, _DRAW_FLIP = 2 * _CROP_ATTEMPTS, 2 * _CROP_ATTEMPTS + 1, 2 * _CROP_ATTEMPTS + 2
 
 
-def choose_crop(seed: int, epoch: int, sample_id: int, scale: tuple[float, float], ratio: tuple[float, float],
-                flip_allowed: bool, size: tuple[int, int] = (1, 1)) -> tuple[np.ndarray, int]:
+def choose_crop(
+    seed: int,
+    epoch: int,
+    sample_id: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    flip_allowed: bool,
+    size: tuple[int, int] = (1, 1),
+) -> tuple[np.ndarray, int]:
     """The random-resized-crop window (x, y, w, h, relative to the image) and the mirror bit of one
     sample, as a pure function of (seed, epoch, sample id): a resumed run crops exactly as an
     uninterrupted one, which a pipeline RNG (not part of a checkpoint) could not promise.
@@ -140,7 +147,8 @@ class UnimedDataset(StreamingDataset):
     ``tokens`` (``int64[context_length]``, present when a tokenizer is given), ``modality`` (index
     into ``unimed.schema.MODALITIES``), ``flip`` (1 where the sample is mirrored: only where the
     modality allows it, and only when ``augment``), ``crop`` (``float32[4]``: the x, y, w, h of the
-    random-resized-crop window relative to the image; the whole image without ``augment``), ``valid`` (False when the image was broken and replaced by a placeholder), ``error`` (why;
+    random-resized-crop window relative to the image; the whole image without ``augment``), ``valid`` (False when
+    the image was broken and replaced by a placeholder), ``error`` (why;
     empty when valid), ``uid``. The loader counts and logs the replaced ones, once per uid.
 
     Args:
@@ -215,8 +223,15 @@ class UnimedDataset(StreamingDataset):
         modality = raw["modality"]
         flip_allowed = modality in self.flip_modalities
         if self.augment:
-            crop, flip = choose_crop(self.caption_seed, self._epoch, sample_id, self.crop_scale, self.crop_ratio,
-                                     flip_allowed, image_size(image) or (1, 1))
+            crop, flip = choose_crop(
+                self.caption_seed,
+                self._epoch,
+                sample_id,
+                self.crop_scale,
+                self.crop_ratio,
+                flip_allowed,
+                image_size(image) or (1, 1),
+            )
         else:
             crop, flip = _WHOLE.copy(), 0  # no augmentation: the whole image, never mirrored
         out: dict[str, Any] = {

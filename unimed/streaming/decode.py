@@ -43,8 +43,15 @@ try:
 except ImportError:  # optional: Pillow decodes then
     simplejpeg = None
 
-__all__ = ["WorkerDecode", "choose_jpeg_decoder", "decode_crop", "decode_tensor", "dct_scale", "sixteen_to_eight",
-           "JPEG_DECODERS"]
+__all__ = [
+    "WorkerDecode",
+    "choose_jpeg_decoder",
+    "decode_crop",
+    "decode_tensor",
+    "dct_scale",
+    "sixteen_to_eight",
+    "JPEG_DECODERS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -116,11 +123,16 @@ def _jpeg_simplejpeg(data: bytes, crop: np.ndarray | None, size: int, train: boo
     box = _box(crop, width, height, train)
     scale = dct_scale((box[2] - box[0], box[3] - box[1]), size)
     # strict=False: decode what libjpeg recovers from (as Pillow does); a fatal error still raises ValueError
-    arr = simplejpeg.decode_jpeg(data, colorspace=space, min_width=-(-width // scale),
-                                 min_height=-(-height // scale), strict=False)
+    arr = simplejpeg.decode_jpeg(
+        data, colorspace=space, min_width=-(-width // scale), min_height=-(-height // scale), strict=False
+    )
     if arr.shape[1] != -(-width // scale):  # not the reduction asked for: map by the sizes
-        return arr, (box[0] * arr.shape[1] / width, box[1] * arr.shape[0] / height,
-                     box[2] * arr.shape[1] / width, box[3] * arr.shape[0] / height)
+        return arr, (
+            box[0] * arr.shape[1] / width,
+            box[1] * arr.shape[0] / height,
+            box[2] * arr.shape[1] / width,
+            box[3] * arr.shape[0] / height,
+        )
     return arr, _scaled(box, scale)
 
 
@@ -174,8 +186,15 @@ def _resize(arr: np.ndarray, box: Box, size: int, flip: bool) -> torch.Tensor:
     return out.flip(-1) if flip else out
 
 
-def decode_tensor(data: bytes, crop: np.ndarray | None, flip: int, size: int, train: bool = True,
-                  decoder: str = "simplejpeg", keep_precision: bool = False) -> torch.Tensor:
+def decode_tensor(
+    data: bytes,
+    crop: np.ndarray | None,
+    flip: int,
+    size: int,
+    train: bool = True,
+    decoder: str = "simplejpeg",
+    keep_precision: bool = False,
+) -> torch.Tensor:
     """Encoded JPEG/PNG -> ``uint8`` [C, S, S] (C = 1 for grey, 3 for colour): the window decoded at
     reduced DCT scale where it allows, resized bicubically with antialiasing, mirrored when ``flip``
     (and ``train``)."""
@@ -198,8 +217,15 @@ def decode_tensor(data: bytes, crop: np.ndarray | None, flip: int, size: int, tr
     return out
 
 
-def decode_crop(data: bytes, crop: np.ndarray | None, flip: int, size: int, train: bool = True,
-                decoder: str = "simplejpeg", keep_precision: bool = False) -> np.ndarray:
+def decode_crop(
+    data: bytes,
+    crop: np.ndarray | None,
+    flip: int,
+    size: int,
+    train: bool = True,
+    decoder: str = "simplejpeg",
+    keep_precision: bool = False,
+) -> np.ndarray:
     """:func:`decode_tensor` as a numpy image: ``uint8`` [S, S] (grey) or [S, S, 3]."""
     t = decode_tensor(data, crop, flip, size, train, decoder, keep_precision)
     return t[0].numpy() if t.shape[0] == 1 else np.ascontiguousarray(t.permute(1, 2, 0).numpy())
@@ -221,8 +247,9 @@ class WorkerDecode:
         data = sample["image"]
         data = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
         try:
-            t = decode_tensor(data, sample.get("crop"), int(sample.get("flip", 0)), self.image_size, self.train,
-                              self.decoder, keep)
+            t = decode_tensor(
+                data, sample.get("crop"), int(sample.get("flip", 0)), self.image_size, self.train, self.decoder, keep
+            )
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             logger.debug("unimed.streaming: decode failed uid=%s (%s)", sample.get("uid"), exc)
             sample["valid"], sample["error"] = False, f"decode: {exc}"

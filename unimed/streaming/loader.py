@@ -58,9 +58,7 @@ logger = logging.getLogger(__name__)
 _logged_decoder: set[str] = set()
 
 
-def build_dataset(
-    cfg: LoaderConfig, tokenizer: CaptionTokenizer | None = None, transform=None
-) -> UnimedDataset:
+def build_dataset(cfg: LoaderConfig, tokenizer: CaptionTokenizer | None = None, transform=None) -> UnimedDataset:
     """The ``UnimedDataset`` for ``cfg`` (no DALI): streams from the mix or shard list, tokenizer from
     ``cfg.tokenizer`` unless one is passed."""
     if bool(cfg.mix) == bool(cfg.shards):
@@ -124,9 +122,7 @@ class BatchAccounting:
             uid = batch["uid"][i]
             if uid not in self.bad_uids:
                 self.bad_uids.add(uid)
-                logger.warning(
-                    "unimed.streaming: skipped undecodable image uid=%s (%s)", uid, batch["error"][i]
-                )
+                logger.warning("unimed.streaming: skipped undecodable image uid=%s (%s)", uid, batch["error"][i])
 
 
 class WorkerCollate:

@@ -71,9 +71,7 @@ def parse_mix(doc: Any, root: str = ".", where: str = "mix") -> tuple[list[MixEn
             raise UserError(f"{where}: stream {i} must be a mapping with a 'path'")
         unknown = set(raw) - _KEYS
         if unknown:
-            raise UserError(
-                f"{where}: stream {i} has unknown keys {sorted(unknown)}; allowed: {sorted(_KEYS)}"
-            )
+            raise UserError(f"{where}: stream {i} has unknown keys {sorted(unknown)}; allowed: {sorted(_KEYS)}")
         if sum(raw.get(k) is not None for k in _WEIGHTS) > 1:
             raise UserError(f"{where}: stream {i} gives more than one of {_WEIGHTS}")
         path = str(raw["path"])
@@ -91,9 +89,7 @@ def parse_mix(doc: Any, root: str = ".", where: str = "mix") -> tuple[list[MixEn
         )
     kinds = {k for e in entries for k in _WEIGHTS if getattr(e, k) is not None}
     if "proportion" in kinds and (kinds - {"proportion"} or any(e.proportion is None for e in entries)):
-        raise UserError(
-            f"{where}: when one stream has a proportion, every stream needs one (and no repeat/choose)"
-        )
+        raise UserError(f"{where}: when one stream has a proportion, every stream needs one (and no repeat/choose)")
     return entries, cache_dir
 
 
@@ -126,17 +122,15 @@ def to_streams(entries: list[MixEntry], cache_dir: str | None = None) -> list:  
         if entry.is_remote:
             local = entry.local or (cache_dir and _cache_folder(cache_dir, entry.path))
             if not local:
-                raise UserError(
-                    f"Remote stream {entry.path!r} needs a local cache: set cache_dir in the mix or config"
-                )
+                raise UserError(f"Remote stream {entry.path!r} needs a local cache: set cache_dir in the mix or config")
             streams.append(Stream(remote=entry.path, local=local, **weights))
         else:
             if not os.path.isfile(os.path.join(entry.path, "index.json")):
-                raise UserError(
-                    f"Stream folder {entry.path!r} has no index.json: is it an MDS shard folder?"
-                )
+                raise UserError(f"Stream folder {entry.path!r} has no index.json: is it an MDS shard folder?")
             if not sum(int(s.get("samples", 0)) for s in read_index(entry.path)["shards"]):
-                raise UserError(f"Stream folder {entry.path!r} holds no samples: its conversion converted "
-                                "nothing (see its summary.json and rejects.jsonl)")
+                raise UserError(
+                    f"Stream folder {entry.path!r} holds no samples: its conversion converted "
+                    "nothing (see its summary.json and rejects.jsonl)"
+                )
             streams.append(Stream(local=entry.path, **weights))
     return streams

@@ -74,13 +74,16 @@ def load_tokenizer(path: str):  # -> transformers.PreTrainedTokenizerBase
         )
     files = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
     if not any(os.path.isfile(os.path.join(path, f)) for f in files):
-        raise UserError(f"Tokenizer folder {path!r} holds no readable tokenizer (none of {', '.join(files)}): "
-                        "give the text tower's tokenizer folder, or make one with `unimed tokenizer SHARD_DIR`.")
+        raise UserError(
+            f"Tokenizer folder {path!r} holds no readable tokenizer (none of {', '.join(files)}): "
+            "give the text tower's tokenizer folder, or make one with `unimed tokenizer SHARD_DIR`."
+        )
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as err:  # a folder without tokenizer files, or damaged ones
-        raise UserError(f"Tokenizer folder {path!r} holds no readable tokenizer "
-                        f"({str(err).splitlines()[0][:160]})") from None
+        raise UserError(
+            f"Tokenizer folder {path!r} holds no readable tokenizer ({str(err).splitlines()[0][:160]})"
+        ) from None
 
 
 def trim_padding(tokens, pad_id: int, multiple: int = 8):
@@ -177,9 +180,9 @@ class CaptionTokenizer:
         if self._backend is not None:
             ids = self._backend.encode(caption).ids
         else:
-            ids = self.tokenizer(
-                caption, max_length=self.context_length, padding="max_length", truncation=True
-            )["input_ids"]
+            ids = self.tokenizer(caption, max_length=self.context_length, padding="max_length", truncation=True)[
+                "input_ids"
+            ]
         return np.asarray(ids, dtype=np.int64)
 
 

@@ -9,8 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "CLIPModel", "ModelConfig", "TrainConfig", "UnimedCLIP", "build_model", "contrastive_loss",
-    "load_config", "load_trained", "run_zeroshot", "train",
+    "CLIPModel",
+    "ModelConfig",
+    "TrainConfig",
+    "UnimedCLIP",
+    "build_model",
+    "contrastive_loss",
+    "load_config",
+    "load_trained",
+    "run_zeroshot",
+    "train",
 ]
 
 _WHERE = {

@@ -3,7 +3,8 @@
 A *descriptor* is everything needed to rebuild a trained model without the files it was trained
 from: the model config (pretrained paths cleared), the text tower's own ``BertConfig`` (a BiomedBERT
 folder's, when training started from one), the tokenizer's context length and pad id, and the
-evaluation transform. ``UnimedBundle`` (a Composer callback, :mod:`unimed.train.bundle_callback`) stores the descriptor, the resolved
+evaluation transform. ``UnimedBundle`` (a Composer callback, :mod:`unimed.train.bundle_callback`) stores the
+descriptor, the resolved
 training config and the tokenizer's files in every checkpoint, as plain strings in the callback's
 state, which ``weights_only`` loads accept; ``unimed eval`` and ``unimed.load`` then need only the
 checkpoint. Exported folders carry the same descriptor in their config JSON.
@@ -23,14 +24,30 @@ from typing import Any
 from unimed.errors import UserError
 from unimed.train.transform import EvalTransform
 
-__all__ = ["BUNDLE_KEY", "FORMAT", "TOKENIZER_FILES", "describe", "bundle_from_state", "model_from_descriptor",
-           "tokenizer_files", "tokenizer_from_files", "transform_for"]
+__all__ = [
+    "BUNDLE_KEY",
+    "FORMAT",
+    "TOKENIZER_FILES",
+    "describe",
+    "bundle_from_state",
+    "model_from_descriptor",
+    "tokenizer_files",
+    "tokenizer_from_files",
+    "transform_for",
+]
 
 BUNDLE_KEY = "UnimedBundle"  # the callback's name in a checkpoint's state.callbacks
 FORMAT = 1
 #: Tokenizer files that travel (text only, never weights); anything else in the folder stays behind.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
-                   "merges.txt", "added_tokens.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+)
 _MAX_TOKENIZER_BYTES = 32 << 20
 
 
@@ -46,8 +63,14 @@ def describe(model, tokenizer, transform: EvalTransform) -> dict[str, Any]:
         mcfg[tower]["pretrained"] = None
         mcfg[tower]["grad_checkpointing"] = False
     text = model.text.bert.config.to_dict()
-    return {"format": FORMAT, "model": mcfg, "text_config": text, "context_length": int(tokenizer.context_length),
-            "pad_id": int(tokenizer.pad_id), "preprocess": transform.to_dict()}
+    return {
+        "format": FORMAT,
+        "model": mcfg,
+        "text_config": text,
+        "context_length": int(tokenizer.context_length),
+        "pad_id": int(tokenizer.pad_id),
+        "preprocess": transform.to_dict(),
+    }
 
 
 def tokenizer_files(folder: str) -> dict[str, str]:
@@ -92,8 +115,11 @@ def tokenizer_from_files(files: dict[str, str], context_length: int):  # -> Capt
 def _holds(folder: Path, files: dict[str, str]) -> bool:
     """Whether ``folder`` holds exactly ``files`` (a shared temp folder is checked, never trusted)."""
     try:
-        return folder.is_dir() and sorted(p.name for p in folder.iterdir()) == sorted(files) and all(
-            (folder / n).read_text(encoding="utf-8") == t for n, t in files.items())
+        return (
+            folder.is_dir()
+            and sorted(p.name for p in folder.iterdir()) == sorted(files)
+            and all((folder / n).read_text(encoding="utf-8") == t for n, t in files.items())
+        )
     except OSError:
         return False
 
@@ -111,7 +137,9 @@ def model_from_descriptor(desc: dict[str, Any]):  # -> CLIPModel
     try:
         mcfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), desc["model"]))
     except OmegaConfBaseException as exc:
-        raise UserError(f"model description does not fit this unimed's ModelConfig: {str(exc).splitlines()[0]}") from None
+        raise UserError(
+            f"model description does not fit this unimed's ModelConfig: {str(exc).splitlines()[0]}"
+        ) from None
     text = dict(desc["text_config"])
     model = CLIPModel(mcfg, vocab_size=int(text["vocab_size"]), pad_id=int(desc["pad_id"]))
     model.text.bert = BertModel(BertConfig.from_dict(text), add_pooling_layer=False)
@@ -129,5 +157,8 @@ def bundle_from_state(state: Any) -> dict[str, Any] | None:
         return None
     if not isinstance(raw, dict) or "descriptor" not in raw:
         return None
-    return {"descriptor": json.loads(raw["descriptor"]), "config": raw.get("config"),
-            "tokenizer": dict(raw.get("tokenizer") or {})}
+    return {
+        "descriptor": json.loads(raw["descriptor"]),
+        "config": raw.get("config"),
+        "tokenizer": dict(raw.get("tokenizer") or {}),
+    }

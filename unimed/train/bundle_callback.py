@@ -36,8 +36,12 @@ class UnimedBundle(Callback):
     def state_dict(self) -> dict[str, Any]:
         if self.descriptor is None:
             return {}
-        return {"format": FORMAT, "descriptor": json.dumps(self.descriptor), "config": self.config_yaml,
-                "tokenizer": self.files}
+        return {
+            "format": FORMAT,
+            "descriptor": json.dumps(self.descriptor),
+            "config": self.config_yaml,
+            "tokenizer": self.files,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Nothing to restore: the bundle is rebuilt from the current run."""

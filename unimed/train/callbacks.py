@@ -64,8 +64,12 @@ class LossLog(Callback):
             return
         value = float(total) / dist.get_world_size()
         scale = float(param.float().exp().max())
-        row = {"step": int(state.timestamp.batch.value), "loss": value, "scale": scale,
-               "samples": int(state.timestamp.sample.value)}
+        row = {
+            "step": int(state.timestamp.batch.value),
+            "loss": value,
+            "scale": scale,
+            "samples": int(state.timestamp.sample.value),
+        }
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         with open(self.path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
@@ -98,9 +102,17 @@ class Throughput(Callback):
 class ZeroShotEval(Callback):
     """Zero-shot evaluation every ``interval`` batches (``0ba``: only at the end) on ``sets``."""
 
-    def __init__(self, sets: list[tuple[str, str]], tokenizer: Any, image_size: int, interval: str = "0ba",
-                 batch_size: int = 64, max_samples: int | None = None, prompts: str | None = None,
-                 transform: Any = None) -> None:
+    def __init__(
+        self,
+        sets: list[tuple[str, str]],
+        tokenizer: Any,
+        image_size: int,
+        interval: str = "0ba",
+        batch_size: int = 64,
+        max_samples: int | None = None,
+        prompts: str | None = None,
+        transform: Any = None,
+    ) -> None:
         from unimed.train.evaluate import check_sets
 
         check_sets(sets, max_samples)  # every label resolves (or a UserError) before the first batch trains
@@ -124,8 +136,16 @@ class ZeroShotEval(Callback):
         ema = next((cb for cb in state.callbacks if isinstance(cb, WeightEMA)), None)
         # With the moving average on, the averaged weights are the ones evaluated (as after training).
         with ema.applied(state.model.model) if ema is not None else contextlib.nullcontext():
-            results = evaluate_sets(state.model.model, self.tokenizer, self.sets, self.image_size,
-                                    self.batch_size, self.max_samples, self.prompts, transform=self.transform)
+            results = evaluate_sets(
+                state.model.model,
+                self.tokenizer,
+                self.sets,
+                self.image_size,
+                self.batch_size,
+                self.max_samples,
+                self.prompts,
+                transform=self.transform,
+            )
         metrics = {}
         for name, r in results.items():
             for key in ("top1", "balanced_top1", "auc", "f1", "mean_auc"):
@@ -164,8 +184,7 @@ def build_callbacks(cfg, tokenizer, on_gpu: bool) -> list[Callback]:  # (TrainCo
     from unimed.train.bundle_callback import UnimedBundle
 
     # UnimedBundle: the model description, resolved config and tokenizer go into every checkpoint.
-    callbacks: list[Callback] = [SpeedMonitor(window_size=cfg.speed_window), LRMonitor(),
-                                 UnimedBundle(cfg, tokenizer)]
+    callbacks: list[Callback] = [SpeedMonitor(window_size=cfg.speed_window), LRMonitor(), UnimedBundle(cfg, tokenizer)]
     if on_gpu:
         callbacks.append(MemoryMonitor())
     if cfg.ema.enabled:
@@ -182,6 +201,16 @@ def build_callbacks(cfg, tokenizer, on_gpu: bool) -> list[Callback]:  # (TrainCo
             sets = discover_sets(z.data_root, list(z.sets))
         else:
             sets = [(os.path.basename(os.path.normpath(s)), s) for s in z.sets]
-        callbacks.append(ZeroShotEval(sets, tokenizer, cfg.model.vision.image_size, z.interval, z.batch_size,
-                                      z.max_samples, z.prompts, transform=transform_for(cfg)))
+        callbacks.append(
+            ZeroShotEval(
+                sets,
+                tokenizer,
+                cfg.model.vision.image_size,
+                z.interval,
+                z.batch_size,
+                z.max_samples,
+                z.prompts,
+                transform=transform_for(cfg),
+            )
+        )
     return callbacks

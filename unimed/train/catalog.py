@@ -19,8 +19,16 @@ import yaml
 
 from unimed.errors import UserError, yaml_error
 
-__all__ = ["EvalSetSpec", "Resolved", "load_catalog", "load_prompts", "prompts_for", "normalize_class",
-           "PROMPTS_DIR", "CATALOG_PATH"]
+__all__ = [
+    "EvalSetSpec",
+    "Resolved",
+    "load_catalog",
+    "load_prompts",
+    "prompts_for",
+    "normalize_class",
+    "PROMPTS_DIR",
+    "CATALOG_PATH",
+]
 
 _HERE = Path(__file__).parent
 PROMPTS_DIR = _HERE / "prompts"
@@ -28,8 +36,22 @@ CATALOG_PATH = _HERE / "catalog.yaml"
 NEGATIVE = "-"  # prefix of an explicit negative finding (ingest's label tables write `-Edema`)
 _SEP = re.compile(r"[\s_\-:/]+")
 _TASKS = ("multiclass", "multilabel")
-_KEYS = {"modality", "title", "prompts", "binary", "target", "aliases", "reference", "classes", "task", "exclude",
-         "known", "select", "per_class", "negatives"}
+_KEYS = {
+    "modality",
+    "title",
+    "prompts",
+    "binary",
+    "target",
+    "aliases",
+    "reference",
+    "classes",
+    "task",
+    "exclude",
+    "known",
+    "select",
+    "per_class",
+    "negatives",
+}
 
 
 @functools.cache
@@ -85,8 +107,10 @@ class EvalSetSpec:
         for alias, target in self.aliases.items():
             hit = table.get(normalize_class(target))
             if hit is None or hit.kind != "class":
-                raise UserError(f"{CATALOG_PATH}: set {self.name!r}: alias {alias!r} names {target!r}, not one of "
-                                f"its classes {list(self.classes)}")
+                raise UserError(
+                    f"{CATALOG_PATH}: set {self.name!r}: alias {alias!r} names {target!r}, not one of "
+                    f"its classes {list(self.classes)}"
+                )
             table.setdefault(normalize_class(alias), hit)
         return table
 
@@ -118,7 +142,9 @@ def _spec(name: str, entry: dict, where: str) -> EvalSetSpec:
     if entry.get("task", "multiclass") not in _TASKS:
         raise UserError(f"{where}: set {name!r}: task must be one of {_TASKS}")
     if entry.get("select", "") not in ("", "one-positive") or entry.get("negatives", "explicit") not in (
-            "explicit", "implicit"):
+        "explicit",
+        "implicit",
+    ):
         raise UserError(f"{where}: set {name!r}: select is one-positive (or absent), negatives explicit|implicit")
     spec = EvalSetSpec(name=name, **entry)
     spec._lookup  # noqa: B018 - check the aliases now, not at the first sample
@@ -150,8 +176,9 @@ def load_prompts(name_or_path: str) -> dict:
         raise UserError(f"{path}: a prompt set is a YAML mapping with 'templates', 'classes' and 'negatives'")
     unknown = set(doc) - {"templates", "classes", "negatives"}
     if unknown:
-        raise UserError(f"{path}: unknown keys {sorted(unknown)}; a prompt set has 'templates', 'classes' "
-                        "and 'negatives'")
+        raise UserError(
+            f"{path}: unknown keys {sorted(unknown)}; a prompt set has 'templates', 'classes' and 'negatives'"
+        )
     for key in ("templates", "negatives"):
         templates = doc.get(key) or []
         if not isinstance(templates, list) or not all(isinstance(t, str) for t in templates):

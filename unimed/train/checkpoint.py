@@ -33,8 +33,17 @@ if TYPE_CHECKING:
     from unimed.streaming.tokenizer import CaptionTokenizer
     from unimed.train.config import TrainConfig
 
-__all__ = ["find_config", "safe_load", "validate_checkpoint", "composer_load_guard", "read_model_state",
-           "read_checkpoint", "load_trained", "tokenizer_for", "check_tokenizer_matches"]
+__all__ = [
+    "find_config",
+    "safe_load",
+    "validate_checkpoint",
+    "composer_load_guard",
+    "read_model_state",
+    "read_checkpoint",
+    "load_trained",
+    "tokenizer_for",
+    "check_tokenizer_matches",
+]
 
 #: Composer extracts these with ``tarfile.extractall`` (no path filter) before anything can be checked.
 _TAR_SUFFIXES = (".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.lzma")
@@ -42,8 +51,14 @@ _TAR_SUFFIXES = (".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.lzma")
 #: The only globals a sharded checkpoint's ``.metadata`` may name: DCP's own records and what they hold.
 _METADATA_GLOBALS = {
     "torch.distributed.checkpoint.metadata": {
-        "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
-        "BytesStorageMetadata", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING",
+        "Metadata",
+        "MetadataIndex",
+        "StorageMeta",
+        "TensorProperties",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "ChunkStorageMetadata",
+        "_MEM_FORMAT_ENCODING",
     },
     "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
     "torch.serialization": {"_get_layout"},
@@ -79,10 +94,17 @@ def _allow_checkpoint_globals() -> None:
         from numpy._core.multiarray import _reconstruct  # type: ignore[attr-defined]
     except ImportError:  # numpy < 2
         from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
-    torch.serialization.add_safe_globals([
-        datetime.timedelta, TorchVersion, np.ndarray, np.dtype, np.dtypes.UInt32DType,
-        (_reconstruct, "numpy.core.multiarray._reconstruct"), (_reconstruct, "numpy._core.multiarray._reconstruct"),
-    ])
+    torch.serialization.add_safe_globals(
+        [
+            datetime.timedelta,
+            TorchVersion,
+            np.ndarray,
+            np.dtype,
+            np.dtypes.UInt32DType,
+            (_reconstruct, "numpy.core.multiarray._reconstruct"),
+            (_reconstruct, "numpy._core.multiarray._reconstruct"),
+        ]
+    )
 
 
 def _refused(name: Any, exc: BaseException) -> str:
@@ -93,8 +115,10 @@ def _refused(name: Any, exc: BaseException) -> str:
     boiler = ("Weights only load failed", "Check the documentation", "(")
     reason = m.group(1) if m else next((x for x in lines if not x.startswith(boiler)), type(exc).__name__)
     reason = reason.split(". ")[0].rstrip(".")
-    return (f"{name}: not loaded: it holds Python objects outside the checkpoint allow-list ({reason[:200]}); "
-            "load only checkpoints you trust, saved by unimed/Composer or as a plain state dict")
+    return (
+        f"{name}: not loaded: it holds Python objects outside the checkpoint allow-list ({reason[:200]}); "
+        "load only checkpoints you trust, saved by unimed/Composer or as a plain state dict"
+    )
 
 
 def safe_load(source: str | os.PathLike | IO[bytes], name: Any = None) -> Any:
@@ -215,8 +239,10 @@ def composer_load_guard(load_path: str | None, save_folder: str | None = None) -
     """
     source = _load_source(load_path, save_folder)
     if source and source.endswith(_TAR_SUFFIXES):
-        raise UserError(f"{source}: tar checkpoints are not loaded (Composer would extract them unchecked); "
-                        "extract it and give the .pt file or the sharded folder")
+        raise UserError(
+            f"{source}: tar checkpoints are not loaded (Composer would extract them unchecked); "
+            "extract it and give the .pt file or the sharded folder"
+        )
     with _refusals_named(source), _forced_weights_only(validate=True):
         yield
 
@@ -283,8 +309,10 @@ def read_checkpoint(checkpoint: str, raw: Any = None, ema: bool = True) -> tuple
         averaged = ema_weights(raw)
         unknown = sorted(set(averaged or ()) - set(out))
         if unknown:
-            raise UserError(f"{checkpoint}: its weight average names {len(unknown)} parameters the model lacks "
-                            f"(e.g. {unknown[0]}): a damaged checkpoint; --no-ema reads the training weights")
+            raise UserError(
+                f"{checkpoint}: its weight average names {len(unknown)} parameters the model lacks "
+                f"(e.g. {unknown[0]}): a damaged checkpoint; --no-ema reads the training weights"
+            )
         for k, v in (averaged or {}).items():
             out[k] = v.to(out[k].dtype)
     return out, raw
@@ -319,8 +347,10 @@ def check_tokenizer_matches(tokenizer, text_folder: str) -> None:
     config = folder / "config.json"
     rows = json.loads(config.read_text()).get("vocab_size") if config.is_file() else None
     if rows is not None and int(rows) < tokenizer.vocab_size:
-        raise UserError(f"{tokenizer.path}: {tokenizer.vocab_size} tokens, but the text tower {text_folder} embeds "
-                        f"{rows}: use the text tower's own tokenizer (data.tokenizer={text_folder} or unset)")
+        raise UserError(
+            f"{tokenizer.path}: {tokenizer.vocab_size} tokens, but the text tower {text_folder} embeds "
+            f"{rows}: use the text tower's own tokenizer (data.tokenizer={text_folder} or unset)"
+        )
     if not any((folder / n).is_file() for n in ("vocab.txt", "tokenizer.json")):
         return
     from unimed.streaming.tokenizer import load_tokenizer
@@ -328,9 +358,11 @@ def check_tokenizer_matches(tokenizer, text_folder: str) -> None:
     theirs, ours = load_tokenizer(str(folder)).get_vocab(), tokenizer.tokenizer.get_vocab()
     differ = sum(theirs.get(tok) != i for tok, i in ours.items())
     if differ:
-        raise UserError(f"{tokenizer.path}: its vocabulary differs from the text tower's {text_folder} for "
-                        f"{differ} of {len(ours)} tokens: the pretrained embeddings would be read with the wrong ids; "
-                        f"use the text tower's own tokenizer (data.tokenizer={text_folder} or unset)")
+        raise UserError(
+            f"{tokenizer.path}: its vocabulary differs from the text tower's {text_folder} for "
+            f"{differ} of {len(ours)} tokens: the pretrained embeddings would be read with the wrong ids; "
+            f"use the text tower's own tokenizer (data.tokenizer={text_folder} or unset)"
+        )
 
 
 def load_trained(checkpoint: str | None, config: str | None = None, cfg=None, ema: bool = True):

@@ -24,9 +24,15 @@ from composer.models import ComposerModel
 from unimed.train.loss import _dist, contrastive_loss
 from unimed.train.model import CLIPModel, ModelConfig, ResidualAttentionBlock
 
-__all__ = ["UnimedCLIP", "forward_flops_per_sample", "train_flops_per_sample", "text_forward_flops",
-           "vision_forward_flops",
-           "shard_towers", "fix_gloo_gradient_average"]
+__all__ = [
+    "UnimedCLIP",
+    "forward_flops_per_sample",
+    "train_flops_per_sample",
+    "text_forward_flops",
+    "vision_forward_flops",
+    "shard_towers",
+    "fix_gloo_gradient_average",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +64,9 @@ def text_forward_flops(cfg: ModelConfig, tokens: int | None = None) -> float:
     return float(text + 2 * (t.hidden_size * mid + mid * cfg.embed_dim))
 
 
-def _tower_train_flops(forward: float, per_layer: float, layers: int, locked: bool, unlocked: int,
-                       head: float) -> float:
+def _tower_train_flops(
+    forward: float, per_layer: float, layers: int, locked: bool, unlocked: int, head: float
+) -> float:
     """Forward + backward FLOPs of one tower: 3x forward where gradients flow; a locked tower's frozen
     part, below every trainable parameter, needs no backward at all (1x)."""
     if not locked:
@@ -75,12 +82,24 @@ def train_flops_per_sample(cfg: ModelConfig, text_tokens: int | None = None) -> 
     patches = (v.image_size // v.patch_size) ** 2
     kept = max(1, int(patches * (1.0 - v.patch_dropout)))
     v_layer = _transformer_flops(kept + 1, v.width, 1, int(v.width * v.mlp_ratio))
-    vision = _tower_train_flops(vision_forward_flops(cfg, train=True), v_layer, v.layers, v.locked,
-                                v.unlocked_layers, 2 * v.width * cfg.embed_dim)
+    vision = _tower_train_flops(
+        vision_forward_flops(cfg, train=True),
+        v_layer,
+        v.layers,
+        v.locked,
+        v.unlocked_layers,
+        2 * v.width * cfg.embed_dim,
+    )
     n = t.context_length if text_tokens is None else int(text_tokens)
     mid = (t.hidden_size + cfg.embed_dim) // 2
-    text = _tower_train_flops(text_forward_flops(cfg, n), _transformer_flops(n, t.hidden_size, 1, t.intermediate_size),
-                              t.layers, t.locked, t.unlocked_layers, 2 * (t.hidden_size * mid + mid * cfg.embed_dim))
+    text = _tower_train_flops(
+        text_forward_flops(cfg, n),
+        _transformer_flops(n, t.hidden_size, 1, t.intermediate_size),
+        t.layers,
+        t.locked,
+        t.unlocked_layers,
+        2 * (t.hidden_size * mid + mid * cfg.embed_dim),
+    )
     return vision + text
 
 
@@ -116,8 +135,14 @@ class UnimedCLIP(ComposerModel):
             image, text = image[keep], text[keep]
         bias = self.model.logit_bias
         with torch.autocast(device_type=image.device.type, enabled=False):
-            return contrastive_loss(image.float(), text.float(), scale.float(), kind=self.model.cfg.loss,
-                                    impl=self.model.cfg.loss_impl, logit_bias=None if bias is None else bias.float())
+            return contrastive_loss(
+                image.float(),
+                text.float(),
+                scale.float(),
+                kind=self.model.cfg.loss,
+                impl=self.model.cfg.loss_impl,
+                logit_bias=None if bias is None else bias.float(),
+            )
 
     def flops_per_batch(self, batch: dict[str, Any]) -> float:
         """Training FLOPs of this rank's batch (:func:`train_flops_per_sample`: 3x forward where gradients
@@ -148,8 +173,11 @@ def shard_towers(model: CLIPModel, precision: str, reshard_after_forward: bool =
     blocks = [m for m in model.modules() if isinstance(m, ResidualAttentionBlock | BertLayer)]
     for unit in [*blocks, model.visual, model.text]:  # inner units before the towers that hold them
         fully_shard(unit, reshard_after_forward=reshard_after_forward, mp_policy=policy)
-    log.info("unimed.train: FSDP2 units: %d blocks and 2 towers in %s, the logit scale in float32",
-             len(blocks), policy.param_dtype or torch.float32)
+    log.info(
+        "unimed.train: FSDP2 units: %d blocks and 2 towers in %s, the logit scale in float32",
+        len(blocks),
+        policy.param_dtype or torch.float32,
+    )
     return len(blocks) + 2
 
 
@@ -187,6 +215,7 @@ def fix_gloo_gradient_average(model: torch.nn.Module) -> int:
     units = [m for m in model.modules() if isinstance(m, FSDPModule)]
     for unit in units:
         unit.set_all_reduce_hook(divide)
-    log.info("unimed.train: gloo reduce-scatter sums for AVG; %d FSDP units divide their gradients by %d",
-             len(units), world)
+    log.info(
+        "unimed.train: gloo reduce-scatter sums for AVG; %d FSDP units divide their gradients by %d", len(units), world
+    )
     return len(units)

@@ -23,9 +23,20 @@ from unimed.train.loss import get_loss
 from unimed.train.model_config import ModelConfig
 
 __all__ = [
-    "LR_SCALING", "OptimizerConfig", "SchedulerConfig", "ZeroShotConfig", "FSDPConfig", "EMAConfig",
+    "LR_SCALING",
+    "OptimizerConfig",
+    "SchedulerConfig",
+    "ZeroShotConfig",
+    "FSDPConfig",
+    "EMAConfig",
     "TrainConfig",
-    "load_config", "save_config", "config_from_dict", "config_path", "config_yaml", "packaged_configs", "YAML_DIR",
+    "load_config",
+    "save_config",
+    "config_from_dict",
+    "config_path",
+    "config_yaml",
+    "packaged_configs",
+    "YAML_DIR",
 ]
 
 
@@ -189,14 +200,20 @@ def _check(cfg: TrainConfig, where: str) -> None:
     if not 0.0 < cfg.ema.decay < 1.0:
         raise UserError(f"{where}: ema.decay {cfg.ema.decay}: between 0 and 1 (e.g. 0.999)")
     if cfg.data.mix and cfg.data.shards:
-        raise UserError(f"{where}: data.mix and data.shards are both set: give one (a mix file weighs its "
-                        "streams itself; shards are weighted by their size)")
+        raise UserError(
+            f"{where}: data.mix and data.shards are both set: give one (a mix file weighs its "
+            "streams itself; shards are weighted by their size)"
+        )
     if cfg.data.image_size != cfg.model.vision.image_size:
-        raise UserError(f"{where}: data.image_size {cfg.data.image_size} differs from model.vision.image_size "
-                        f"{cfg.model.vision.image_size}: the loader must crop to the size the image tower takes")
+        raise UserError(
+            f"{where}: data.image_size {cfg.data.image_size} differs from model.vision.image_size "
+            f"{cfg.model.vision.image_size}: the loader must crop to the size the image tower takes"
+        )
     if cfg.data.context_length != cfg.model.text.context_length:
-        raise UserError(f"{where}: data.context_length {cfg.data.context_length} differs from "
-                        f"model.text.context_length {cfg.model.text.context_length}")
+        raise UserError(
+            f"{where}: data.context_length {cfg.data.context_length} differs from "
+            f"model.text.context_length {cfg.model.text.context_length}"
+        )
 
 
 #: The training YAMLs shipped inside the package (``train/yamls`` of the source tree links here).
@@ -216,8 +233,9 @@ def config_path(name_or_path: str) -> str:
     for candidate in (shipped, shipped + ".yaml"):
         if os.path.isfile(candidate):
             return candidate
-    raise UserError(f"training config {name_or_path!r} does not exist: give a YAML path or one of "
-                    f"{', '.join(packaged_configs())}")
+    raise UserError(
+        f"training config {name_or_path!r} does not exist: give a YAML path or one of {', '.join(packaged_configs())}"
+    )
 
 
 def load_config(path: str, overrides: list[str] | None = None) -> TrainConfig:

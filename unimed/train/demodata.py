@@ -32,17 +32,38 @@ __all__ = ["POOL", "build_demo_sets", "convert_folder"]
 #: modality -> (train files, eval files); "region" entries are split by image region instead.
 POOL: dict[str, dict[str, list[tuple[str, str]]]] = {
     "xray": {"region": [("pydicom_data_dir", "RG1_UNCR.dcm"), ("pydicom_data_dir", "RG3_UNCR.dcm")]},
-    "ct": {"train": [("pydicom_dir", "CT_small.dcm"), ("pydicom_data_dir", "693_UNCR.dcm"),
-                     ("pydicom_dir", "explicit_VR-UN.dcm")],
-           "eval": [("pydicom_data_dir", "eCT_Supplemental.dcm"), ("pydicom_dir", "J2K_pixelrep_mismatch.dcm")]},
-    "mri": {"train": [("nibabel_dir", "anatomical.nii"), ("pydicom_dir", "MR_small.dcm"),
-                      ("pydicom_dir", "emri_small.dcm")],
-            "eval": [("pydicom_data_dir", "MR2_UNCR.dcm"), ("nibabel_dir", "example4d.nii.gz"),
-                     ("pydicom_dir", "MR-SIEMENS-DICOM-WithOverlays.dcm")]},
-    "ultrasound": {"train": [("pydicom_data_dir", "US1_UNCR.dcm"), ("pydicom_dir", "examples_ybr_color.dcm"),
-                             ("pydicom_dir", "OBXXXX1A.dcm")],
-                   "eval": [("pydicom_data_dir", "gdcm-US-ALOKA-16.dcm"), ("pydicom_dir", "examples_palette.dcm"),
-                            ("pydicom_dir", "JPGLosslessP14SV1_1s_1f_8b.dcm")]},
+    "ct": {
+        "train": [
+            ("pydicom_dir", "CT_small.dcm"),
+            ("pydicom_data_dir", "693_UNCR.dcm"),
+            ("pydicom_dir", "explicit_VR-UN.dcm"),
+        ],
+        "eval": [("pydicom_data_dir", "eCT_Supplemental.dcm"), ("pydicom_dir", "J2K_pixelrep_mismatch.dcm")],
+    },
+    "mri": {
+        "train": [
+            ("nibabel_dir", "anatomical.nii"),
+            ("pydicom_dir", "MR_small.dcm"),
+            ("pydicom_dir", "emri_small.dcm"),
+        ],
+        "eval": [
+            ("pydicom_data_dir", "MR2_UNCR.dcm"),
+            ("nibabel_dir", "example4d.nii.gz"),
+            ("pydicom_dir", "MR-SIEMENS-DICOM-WithOverlays.dcm"),
+        ],
+    },
+    "ultrasound": {
+        "train": [
+            ("pydicom_data_dir", "US1_UNCR.dcm"),
+            ("pydicom_dir", "examples_ybr_color.dcm"),
+            ("pydicom_dir", "OBXXXX1A.dcm"),
+        ],
+        "eval": [
+            ("pydicom_data_dir", "gdcm-US-ALOKA-16.dcm"),
+            ("pydicom_dir", "examples_palette.dcm"),
+            ("pydicom_dir", "JPGLosslessP14SV1_1s_1f_8b.dcm"),
+        ],
+    },
     "pathology": {"region": [("skimage_dir", "ihc.png")]},
     "fundus": {"region": [("skimage_dir", "retina.jpg")]},
 }
@@ -68,11 +89,16 @@ def convert_folder(inputs: list[str], out: str, **options: Any) -> dict:
     rejected = f"{summary['rejects']} rejected"
     if summary["rejects"]:
         rejected += f" (paths in {os.path.join(cfg.report_dir, 'rejects.jsonl')})"
-    print(f"converted {summary['images']} images ({mods}) into {cfg.out}; {rejected}; "
-          f"{summary['images_per_second']} img/s", flush=True)
+    print(
+        f"converted {summary['images']} images ({mods}) into {cfg.out}; {rejected}; "
+        f"{summary['images_per_second']} img/s",
+        flush=True,
+    )
     if not summary["images"]:
-        raise SystemExit(f"ingest convert into {out}: no image was converted; the reasons are in "
-                         f"{os.path.join(str(out), 'rejects.jsonl')}")
+        raise SystemExit(
+            f"ingest convert into {out}: no image was converted; the reasons are in "
+            f"{os.path.join(str(out), 'rejects.jsonl')}"
+        )
     return summary
 
 
@@ -96,8 +122,14 @@ def _pool(root: Path, split: str, workers: int) -> Path:
         w.writerows(rows)
     out = files.parent / "shards"
     # allow_burned_in: the ultrasound files are public test data (see the module docstring).
-    convert_folder([str(files)], str(out), labels=str(table), allow_burned_in=True, workers=workers,
-                   source_name=f"demo-pool-{split}")
+    convert_folder(
+        [str(files)],
+        str(out),
+        labels=str(table),
+        allow_burned_in=True,
+        workers=workers,
+        source_name=f"demo-pool-{split}",
+    )
     return out
 
 
@@ -134,16 +166,23 @@ def _crops(pool: Path, split: str, per_modality: int, size: int, out: Path, seed
 
 def _modality_table(folder: Path, labels: bool) -> None:
     """``<folder>.csv`` beside ``folder``: each ``<modality>/*.png`` with its modality (and the folder as label)."""
-    rows = [{"path": str(p.relative_to(folder.parent)), "modality": p.parent.name, "labels": p.parent.name if labels else ""}
-            for p in sorted(folder.rglob("*.png"))]
+    rows = [
+        {
+            "path": str(p.relative_to(folder.parent)),
+            "modality": p.parent.name,
+            "labels": p.parent.name if labels else "",
+        }
+        for p in sorted(folder.rglob("*.png"))
+    ]
     with open(folder.parent / f"{folder.name}.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["path", "modality", "labels"])
         w.writeheader()
         w.writerows(rows)
 
 
-def build_demo_sets(root: str | Path, train_per_modality: int = 80, eval_per_modality: int = 24,
-                    size: int = 96, workers: int = 2) -> dict[str, str]:
+def build_demo_sets(
+    root: str | Path, train_per_modality: int = 80, eval_per_modality: int = 24, size: int = 96, workers: int = 2
+) -> dict[str, str]:
     """Write ``root/train-shards`` (with a tokenizer) and ``root/eval/demo-modality``; return their paths."""
     from unimed.streaming.tokenizer import train_tokenizer
 
@@ -153,15 +192,30 @@ def build_demo_sets(root: str | Path, train_per_modality: int = 80, eval_per_mod
     _crops(pools["train"], "train", train_per_modality, size, train_dir, seed=1)
     _modality_table(train_dir, labels=False)
     train_shards = root / "train-shards"
-    convert_folder([str(train_dir)], str(train_shards), labels=str(train_dir.parent / "train.csv"), workers=workers,
-                   source_name="demo-train")
+    convert_folder(
+        [str(train_dir)],
+        str(train_shards),
+        labels=str(train_dir.parent / "train.csv"),
+        workers=workers,
+        source_name="demo-train",
+    )
     eval_dir = root / "crops" / "eval"
     _crops(pools["eval"], "eval", eval_per_modality, size, eval_dir, seed=2)
     eval_shards = root / "eval" / "demo-modality"
     # The label is the class folder (as `--class-folders` gives it); the table adds each crop's modality.
     _modality_table(eval_dir, labels=True)
-    convert_folder([str(eval_dir)], str(eval_shards), class_folders=True, labels=str(eval_dir.parent / "eval.csv"),
-                   workers=workers, source_name="demo-eval")
+    convert_folder(
+        [str(eval_dir)],
+        str(eval_shards),
+        class_folders=True,
+        labels=str(eval_dir.parent / "eval.csv"),
+        workers=workers,
+        source_name="demo-eval",
+    )
     tokenizer = train_tokenizer(str(train_shards), str(train_shards / "tokenizer"), vocab_size=400, context_length=32)
-    return {"train": str(train_shards), "eval_root": str(root / "eval"), "eval": str(eval_shards),
-            "tokenizer": tokenizer}
+    return {
+        "train": str(train_shards),
+        "eval_root": str(root / "eval"),
+        "eval": str(eval_shards),
+        "tokenizer": tokenizer,
+    }

@@ -26,8 +26,19 @@ if TYPE_CHECKING:
     from unimed.train.model import CLIPModel
     from unimed.train.transform import EvalTransform
 
-__all__ = ["discover_sets", "spec_for_folder", "evaluate_sets", "check_sets", "render_markdown",
-           "render_retrieval", "render_probe", "run_zeroshot", "run_retrieval", "run_linear_probe", "write_outputs"]
+__all__ = [
+    "discover_sets",
+    "spec_for_folder",
+    "evaluate_sets",
+    "check_sets",
+    "render_markdown",
+    "render_retrieval",
+    "render_probe",
+    "run_zeroshot",
+    "run_retrieval",
+    "run_linear_probe",
+    "write_outputs",
+]
 
 
 def spec_for_folder(folder: str, name: str, catalog: dict[str, EvalSetSpec] | None = None) -> EvalSetSpec:
@@ -53,10 +64,19 @@ def spec_for_folder(folder: str, name: str, catalog: dict[str, EvalSetSpec] | No
     classes = tuple(sorted(labels))
     prompts = mod if (Path(__file__).parent / "prompts" / f"{mod}.yaml").is_file() else "generic"
     if several or negatives:
-        return EvalSetSpec(name=name, modality=mod, classes=classes, title=name, prompts=prompts, reference=False,
-                           task="multilabel", negatives="explicit" if negatives else "implicit")
-    return EvalSetSpec(name=name, modality=mod, classes=classes, title=name, prompts=prompts,
-                       binary=len(classes) == 2, reference=False)
+        return EvalSetSpec(
+            name=name,
+            modality=mod,
+            classes=classes,
+            title=name,
+            prompts=prompts,
+            reference=False,
+            task="multilabel",
+            negatives="explicit" if negatives else "implicit",
+        )
+    return EvalSetSpec(
+        name=name, modality=mod, classes=classes, title=name, prompts=prompts, binary=len(classes) == 2, reference=False
+    )
 
 
 def discover_sets(root: str, names: list[str] | None = None) -> list[tuple[str, str]]:
@@ -90,13 +110,17 @@ def check_sets(sets: list[tuple[str, str]], max_samples: int | None = None) -> d
     from unimed.train.targets import collect_targets
 
     catalog = load_catalog()
-    return {name: collect_targets(folder, spec_for_folder(folder, name, catalog), max_samples)
-            for name, folder in sets}
+    return {name: collect_targets(folder, spec_for_folder(folder, name, catalog), max_samples) for name, folder in sets}
 
 
 def evaluate_sets(
-    model: CLIPModel, tokenizer: CaptionTokenizer, sets: list[tuple[str, str]], image_size: int,
-    batch_size: int = 64, max_samples: int | None = None, prompts_path: str | None = None,
+    model: CLIPModel,
+    tokenizer: CaptionTokenizer,
+    sets: list[tuple[str, str]],
+    image_size: int,
+    batch_size: int = 64,
+    max_samples: int | None = None,
+    prompts_path: str | None = None,
     transform: EvalTransform | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Zero-shot metrics per set name (each with its ``modality``, ``title``, ``classes`` and ``chance``).
@@ -113,10 +137,25 @@ def evaluate_sets(
     results = {}
     for name, folder in sets:
         spec = specs[name]
-        metrics = evaluate_set(model, tokenizer, folder, spec, image_size, batch_size, max_samples, override,
-                               transform=transform, targets=targets[name])
-        results[name] = {"modality": spec.modality, "title": spec.title or name, "classes": list(spec.classes),
-                         "chance": 1.0 / len(spec.classes) if spec.task == "multiclass" else 0.5, **metrics}
+        metrics = evaluate_set(
+            model,
+            tokenizer,
+            folder,
+            spec,
+            image_size,
+            batch_size,
+            max_samples,
+            override,
+            transform=transform,
+            targets=targets[name],
+        )
+        results[name] = {
+            "modality": spec.modality,
+            "title": spec.title or name,
+            "classes": list(spec.classes),
+            "chance": 1.0 / len(spec.classes) if spec.task == "multiclass" else 0.5,
+            **metrics,
+        }
     return results
 
 
@@ -140,18 +179,26 @@ def render_markdown(results: dict[str, dict[str, Any]]) -> str:
     for name, r in results.items():
         by_mod.setdefault(r["modality"], []).append(name)
     for mod, names in by_mod.items():
-        lines += [f"### {mod}", "", "| set | classes | n | top-1 | AUC | F1 | n per class | left out |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            f"### {mod}",
+            "",
+            "| set | classes | n | top-1 | AUC | F1 | n per class | left out |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for n in names:
             r = results[n]
             if r.get("task") == "multilabel":
                 per = _counts({c: f"{f['n_pos']}+/{f['n_neg']}-" for c, f in r["per_finding"].items()})
                 aucs = ", ".join(f"{c} {_fmt(f['auc'])}" for c, f in r["per_finding"].items())
-                lines.append(f"| {r['title']} (multi-label) | {len(r['classes'])} | {r['n']} | – | "
-                             f"mean {_fmt(r['mean_auc'])} ({aucs}) | – | {per} | {_left(r)} |")
+                lines.append(
+                    f"| {r['title']} (multi-label) | {len(r['classes'])} | {r['n']} | – | "
+                    f"mean {_fmt(r['mean_auc'])} ({aucs}) | – | {per} | {_left(r)} |"
+                )
                 continue
-            lines.append(f"| {r['title']} | {len(r['classes'])} | {r['n']} | {_fmt(r['top1'])} | "
-                         f"{_fmt(r.get('auc'))} | {_fmt(r.get('f1'))} | {_counts(r['per_class_n'])} | {_left(r)} |")
+            lines.append(
+                f"| {r['title']} | {len(r['classes'])} | {r['n']} | {_fmt(r['top1'])} | "
+                f"{_fmt(r.get('auc'))} | {_fmt(r.get('f1'))} | {_counts(r['per_class_n'])} | {_left(r)} |"
+            )
         tops = [results[n]["top1"] for n in names if "top1" in results[n] and not math.isnan(results[n]["top1"])]
         if tops:
             lines.append(f"| **mean top-1** | | | **{_fmt(sum(tops) / len(tops))}** | | | | |")
@@ -161,24 +208,32 @@ def render_markdown(results: dict[str, dict[str, Any]]) -> str:
 
 def render_retrieval(results: dict[str, dict[str, Any]]) -> str:
     """One table: recall@1/5/10 both ways per folder, with image and caption counts."""
-    lines = ["| set | images | captions (distinct) | I→T R@1 | R@5 | R@10 | T→I R@1 | R@5 | R@10 | left out |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| set | images | captions (distinct) | I→T R@1 | R@5 | R@10 | T→I R@1 | R@5 | R@10 | left out |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, r in results.items():
         i2t = " | ".join(_fmt(r[f"image_to_text/R@{k}"]) for k in (1, 5, 10))
         t2i = " | ".join(_fmt(r[f"text_to_image/R@{k}"]) for k in (1, 5, 10))
-        lines.append(f"| {name} | {r['n_images']} | {r['n_captions']} ({r['n_distinct_captions']}) | {i2t} | {t2i} | "
-                     f"{_left(r)} |")
+        lines.append(
+            f"| {name} | {r['n_images']} | {r['n_captions']} ({r['n_distinct_captions']}) | {i2t} | {t2i} | "
+            f"{_left(r)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def render_probe(results: dict[str, dict[str, Any]]) -> str:
     """One table: linear-probe test top-1, balanced top-1, AUC, n per class (train / test), split and C."""
-    lines = ["| set | test n | top-1 | balanced | AUC | n per class (train / test) | split | C |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| set | test n | top-1 | balanced | AUC | n per class (train / test) | split | C |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, r in results.items():
         per = ", ".join(f"{c} {r['train_per_class_n'][c]}/{r['per_class_n'][c]}" for c in r["per_class_n"])
-        lines.append(f"| {name} | {r['n']} | {_fmt(r['top1'])} | {_fmt(r['balanced_top1'])} | {_fmt(r.get('auc'))} | "
-                     f"{per} | {r['split']} | {r['C']:g} |")
+        lines.append(
+            f"| {name} | {r['n']} | {_fmt(r['top1'])} | {_fmt(r['balanced_top1'])} | {_fmt(r.get('auc'))} | "
+            f"{per} | {r['split']} | {r['C']:g} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -209,9 +264,16 @@ def _load(checkpoint: str, config: str | None, tokenizer: str | None = None, ema
 
 
 def run_zeroshot(
-    checkpoint: str, data: str, prompts: str | None = None, out: str | None = None,
-    sets: list[str] | None = None, batch_size: int = 64, max_samples: int | None = None,
-    config: str | None = None, tokenizer: str | None = None, ema: bool = True,
+    checkpoint: str,
+    data: str,
+    prompts: str | None = None,
+    out: str | None = None,
+    sets: list[str] | None = None,
+    batch_size: int = 64,
+    max_samples: int | None = None,
+    config: str | None = None,
+    tokenizer: str | None = None,
+    ema: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Zero-shot evaluation of a checkpoint on the sets under ``data``; the tables printed and written to ``out``."""
     found = discover_sets(data, sets)
@@ -226,9 +288,16 @@ def run_zeroshot(
     return results
 
 
-def run_retrieval(checkpoint: str, data: str, out: str | None = None, batch_size: int = 64,
-                  max_samples: int | None = None, config: str | None = None,
-                  tokenizer: str | None = None, ema: bool = True) -> dict[str, dict[str, Any]]:
+def run_retrieval(
+    checkpoint: str,
+    data: str,
+    out: str | None = None,
+    batch_size: int = 64,
+    max_samples: int | None = None,
+    config: str | None = None,
+    tokenizer: str | None = None,
+    ema: bool = True,
+) -> dict[str, dict[str, Any]]:
     """Image-text retrieval on each MDS folder under ``data``."""
     found = discover_sets(data)
     model = _load(checkpoint, config, tokenizer, ema)
@@ -237,10 +306,19 @@ def run_retrieval(checkpoint: str, data: str, out: str | None = None, batch_size
     return results
 
 
-def run_linear_probe(checkpoint: str, data: str, test: str | None = None, set_name: str | None = None,
-                     out: str | None = None, seed: int = 0, batch_size: int = 64, max_samples: int | None = None,
-                     config: str | None = None, tokenizer: str | None = None,
-                     ema: bool = True) -> dict[str, dict[str, Any]]:
+def run_linear_probe(
+    checkpoint: str,
+    data: str,
+    test: str | None = None,
+    set_name: str | None = None,
+    out: str | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    max_samples: int | None = None,
+    config: str | None = None,
+    tokenizer: str | None = None,
+    ema: bool = True,
+) -> dict[str, dict[str, Any]]:
     """A linear probe on the class-folder set ``data`` (tested on ``test``, else on a patient split)."""
     found = discover_sets(data)
     if len(found) != 1:

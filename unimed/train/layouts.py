@@ -26,8 +26,16 @@ import torch
 from unimed.errors import UserError
 from unimed.train.loss import loss_for_state
 
-__all__ = ["ImportReport", "unwrap_state", "detect_layout", "to_unimed_keys", "infer_descriptor",
-           "text_config_from_state", "LAYOUTS", "BIOMEDCLIP_VISUAL"]
+__all__ = [
+    "ImportReport",
+    "unwrap_state",
+    "detect_layout",
+    "to_unimed_keys",
+    "infer_descriptor",
+    "text_config_from_state",
+    "LAYOUTS",
+    "BIOMEDCLIP_VISUAL",
+]
 
 LAYOUTS = ("unimed", "open_clip", "unimed-clip", "biomedclip")
 
@@ -44,15 +52,24 @@ class ImportReport:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "layout": self.layout, "towers": self.towers, "missing": self.missing,
-                "unexpected": self.unexpected, "notes": self.notes}
+        return {
+            "source": self.source,
+            "layout": self.layout,
+            "towers": self.towers,
+            "missing": self.missing,
+            "unexpected": self.unexpected,
+            "notes": self.notes,
+        }
 
     def summary(self) -> str:
         """One line: layout, tensors per tower, missing/unexpected counts (first few named), notes."""
         towers = ", ".join(f"{k} {v}" for k, v in self.towers.items())
-        parts = [f"{self.source}: {self.layout} layout", towers,
-                 f"{len(self.missing)} missing {self.missing[:5]}", f"{len(self.unexpected)} unexpected "
-                 f"{self.unexpected[:5]}"]
+        parts = [
+            f"{self.source}: {self.layout} layout",
+            towers,
+            f"{len(self.missing)} missing {self.missing[:5]}",
+            f"{len(self.unexpected)} unexpected {self.unexpected[:5]}",
+        ]
         return "; ".join(p for p in parts if p) + ("; " + "; ".join(self.notes) if self.notes else "")
 
 
@@ -81,22 +98,31 @@ def detect_layout(state: dict[str, torch.Tensor], source: str) -> str:
     if has("text.transformer."):
         return "open_clip"
     if "token_embedding.weight" in state or has("transformer.resblocks."):
-        raise UserError(f"{source}: an open_clip CLIP with open_clip's own text transformer (token_embedding.weight): "
-                        "unimed's text tower is a BERT; use its image tower through model.vision.pretrained")
-    raise UserError(f"{source}: no known checkpoint layout ({len(keys)} tensors, e.g. {keys[:3]}); "
-                    f"unimed imports {', '.join(LAYOUTS)}")
+        raise UserError(
+            f"{source}: an open_clip CLIP with open_clip's own text transformer (token_embedding.weight): "
+            "unimed's text tower is a BERT; use its image tower through model.vision.pretrained"
+        )
+    raise UserError(
+        f"{source}: no known checkpoint layout ({len(keys)} tensors, e.g. {keys[:3]}); "
+        f"unimed imports {', '.join(LAYOUTS)}"
+    )
 
 
-BIOMEDCLIP_VISUAL = ("its image tower is a timm ViT (visual.trunk.*) without a pre-LayerNorm, with LayerNorm eps "
-                      "1e-6 and a patch-embedding bias, which unimed's OpenAI-style ViT (ln_pre) cannot represent")
+BIOMEDCLIP_VISUAL = (
+    "its image tower is a timm ViT (visual.trunk.*) without a pre-LayerNorm, with LayerNorm eps "
+    "1e-6 and a patch-embedding bias, which unimed's OpenAI-style ViT (ln_pre) cannot represent"
+)
 
 
-def to_unimed_keys(state: dict[str, torch.Tensor], layout: str, source: str,
-                   towers: tuple[str, ...] = ("visual", "text")) -> tuple[dict[str, torch.Tensor], list[str]]:
+def to_unimed_keys(
+    state: dict[str, torch.Tensor], layout: str, source: str, towers: tuple[str, ...] = ("visual", "text")
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """(the state under unimed's key names, the source keys left behind)."""
     if layout == "biomedclip" and "visual" in towers:
-        raise UserError(f"{source}: BiomedCLIP layout: {BIOMEDCLIP_VISUAL}; its text tower maps: import it alone "
-                        "(`unimed import ... --towers text`)")
+        raise UserError(
+            f"{source}: BiomedCLIP layout: {BIOMEDCLIP_VISUAL}; its text tower maps: import it alone "
+            "(`unimed import ... --towers text`)"
+        )
     out, dropped = {}, []
     for key, value in state.items():
         k = key
@@ -104,7 +130,7 @@ def to_unimed_keys(state: dict[str, torch.Tensor], layout: str, source: str,
             k = k.replace("text_encoder.", "text.", 1) if k.startswith("text_encoder.") else k
         if layout in ("open_clip", "unimed-clip", "biomedclip"):
             if k.startswith("text.transformer."):
-                k = "text.bert." + k[len("text.transformer."):]
+                k = "text.bert." + k[len("text.transformer.") :]
             k = {"text.proj.0.weight": "text.proj.fc1.weight", "text.proj.2.weight": "text.proj.fc2.weight"}.get(k, k)
         if k in ("logit_scale", "logit_bias"):
             value = value.reshape(1)
@@ -132,9 +158,16 @@ def _vision(state: dict, heads: int | None, quick_gelu: bool, notes: list[str]) 
         heads = max(1, width // 64)
         notes.append(f"image tower heads {heads} (width/64: not stored in the weights)")
     hidden = int(state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0])
-    return {"image_size": grid * patch, "patch_size": patch, "width": width,
-            "layers": _count(state, r"visual\.transformer\.resblocks\.(\d+)\."), "heads": heads,
-            "mlp_ratio": hidden / width, "quick_gelu": quick_gelu, "pretrained": None}
+    return {
+        "image_size": grid * patch,
+        "patch_size": patch,
+        "width": width,
+        "layers": _count(state, r"visual\.transformer\.resblocks\.(\d+)\."),
+        "heads": heads,
+        "mlp_ratio": hidden / width,
+        "quick_gelu": quick_gelu,
+        "pretrained": None,
+    }
 
 
 def text_config_from_state(state: dict, heads: int | None, pad_id: int, notes: list[str]) -> dict[str, Any]:
@@ -147,21 +180,39 @@ def text_config_from_state(state: dict, heads: int | None, pad_id: int, notes: l
         heads = max(1, hidden // 64)
         notes.append(f"text tower heads {heads} (hidden/64: not stored in the weights)")
     cfg = BertConfig(
-        vocab_size=int(words.shape[0]), hidden_size=hidden, num_attention_heads=heads,
+        vocab_size=int(words.shape[0]),
+        hidden_size=hidden,
+        num_attention_heads=heads,
         num_hidden_layers=_count(state, r"text\.bert\.encoder\.layer\.(\d+)\."),
         intermediate_size=int(state["text.bert.encoder.layer.0.intermediate.dense.weight"].shape[0]),
         max_position_embeddings=int(state["text.bert.embeddings.position_embeddings.weight"].shape[0]),
-        type_vocab_size=int(state["text.bert.embeddings.token_type_embeddings.weight"].shape[0]), pad_token_id=pad_id)
+        type_vocab_size=int(state["text.bert.embeddings.token_type_embeddings.weight"].shape[0]),
+        pad_token_id=pad_id,
+    )
     return cfg.to_dict()
 
 
-def infer_descriptor(state: dict[str, torch.Tensor], source: str, *, quick_gelu: bool, context_length: int,
-                     pad_id: int, preprocess: dict[str, Any], vision_heads: int | None = None,
-                     text_config: dict[str, Any] | None = None, notes: list[str] | None = None) -> dict[str, Any]:
+def infer_descriptor(
+    state: dict[str, torch.Tensor],
+    source: str,
+    *,
+    quick_gelu: bool,
+    context_length: int,
+    pad_id: int,
+    preprocess: dict[str, Any],
+    vision_heads: int | None = None,
+    text_config: dict[str, Any] | None = None,
+    notes: list[str] | None = None,
+) -> dict[str, Any]:
     """A model descriptor (see :mod:`unimed.train.bundle`) for a state under unimed's keys."""
     notes = notes if notes is not None else []
-    for key in ("visual.conv1.weight", "visual.proj", "text.bert.embeddings.word_embeddings.weight",
-                "text.proj.fc1.weight", "text.proj.fc2.weight"):
+    for key in (
+        "visual.conv1.weight",
+        "visual.proj",
+        "text.bert.embeddings.word_embeddings.weight",
+        "text.proj.fc1.weight",
+        "text.proj.fc2.weight",
+    ):
         if key not in state:
             raise UserError(f"{source}: no {key!r}: not a full CLIP with unimed's towers")
     embed = int(state["visual.proj"].shape[1])
@@ -169,14 +220,30 @@ def infer_descriptor(state: dict[str, torch.Tensor], source: str, *, quick_gelu:
     text = dict(text_config) if text_config else text_config_from_state(state, None, pad_id, notes)
     hidden = int(text["hidden_size"])
     if int(fc2.shape[0]) != embed or int(fc1.shape[0]) != (hidden + embed) // 2:
-        raise UserError(f"{source}: text projection {list(fc1.shape)} -> {list(fc2.shape)} is not unimed's MLP "
-                        f"({hidden} -> {(hidden + embed) // 2} -> {embed}, no biases)")
+        raise UserError(
+            f"{source}: text projection {list(fc1.shape)} -> {list(fc2.shape)} is not unimed's MLP "
+            f"({hidden} -> {(hidden + embed) // 2} -> {embed}, no biases)"
+        )
     vision = _vision(state, vision_heads, quick_gelu, notes)
-    model = {"embed_dim": embed, "vision": vision,
-             "text": {"vocab_size": int(text["vocab_size"]), "hidden_size": hidden,
-                      "layers": int(text["num_hidden_layers"]), "heads": int(text["num_attention_heads"]),
-                      "intermediate_size": int(text["intermediate_size"]), "context_length": int(context_length),
-                      "pretrained": None},
-             "loss": loss_for_state("logit_bias" in state)}
-    return {"format": 1, "model": model, "text_config": text, "context_length": int(context_length),
-            "pad_id": int(pad_id), "preprocess": preprocess}
+    model = {
+        "embed_dim": embed,
+        "vision": vision,
+        "text": {
+            "vocab_size": int(text["vocab_size"]),
+            "hidden_size": hidden,
+            "layers": int(text["num_hidden_layers"]),
+            "heads": int(text["num_attention_heads"]),
+            "intermediate_size": int(text["intermediate_size"]),
+            "context_length": int(context_length),
+            "pretrained": None,
+        },
+        "loss": loss_for_state("logit_bias" in state),
+    }
+    return {
+        "format": 1,
+        "model": model,
+        "text_config": text,
+        "context_length": int(context_length),
+        "pad_id": int(pad_id),
+        "preprocess": preprocess,
+    }

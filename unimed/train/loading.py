@@ -26,9 +26,14 @@ from unimed.train.transform import EvalTransform
 __all__ = ["Loaded", "load_any", "build_loaded", "read_weights", "OPEN_CLIP_WEIGHTS"]
 
 #: open_clip's own preference among the weight files of a model folder.
-OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
-                     "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth", "model.safetensors",
-                     "pytorch_model.bin")
+OPEN_CLIP_WEIGHTS = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+    "model.safetensors",
+    "pytorch_model.bin",
+)
 
 
 @dataclass
@@ -55,8 +60,16 @@ def read_weights(path: str | os.PathLike) -> Any:
     return safe_load(path)
 
 
-def build_loaded(descriptor: dict, state: dict[str, torch.Tensor], tokenizer, source: str, *, kind: str,
-                 config=None, report: ImportReport | None = None) -> Loaded:
+def build_loaded(
+    descriptor: dict,
+    state: dict[str, torch.Tensor],
+    tokenizer,
+    source: str,
+    *,
+    kind: str,
+    config=None,
+    report: ImportReport | None = None,
+) -> Loaded:
     """Build the model the descriptor describes and load ``state`` into it: missing keys are refused."""
     model = model_from_descriptor(descriptor)
     own = model.state_dict()
@@ -65,16 +78,20 @@ def build_loaded(descriptor: dict, state: dict[str, torch.Tensor], tokenizer, so
         raise UserError(f"{source}: tensor shapes differ from the described model for {wrong[:5]}")
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys:
-        raise UserError(f"{source}: weights missing for {len(result.missing_keys)} tensors, e.g. "
-                        f"{result.missing_keys[:5]} (a different model config?)")
+        raise UserError(
+            f"{source}: weights missing for {len(result.missing_keys)} tensors, e.g. "
+            f"{result.missing_keys[:5]} (a different model config?)"
+        )
     if report is not None:
         for tower, prefix in (("visual", "visual."), ("text", "text.")):
             expected = sum(k.startswith(prefix) for k in own)
             report.towers[tower] = f"{sum(k.startswith(prefix) for k in state if k in own)}/{expected}"
         report.unexpected += list(result.unexpected_keys)
     if int(tokenizer.vocab_size) > int(descriptor["text_config"]["vocab_size"]):
-        raise UserError(f"{source}: the tokenizer has {tokenizer.vocab_size} tokens, the text tower's embedding "
-                        f"{descriptor['text_config']['vocab_size']}: they were not trained together")
+        raise UserError(
+            f"{source}: the tokenizer has {tokenizer.vocab_size} tokens, the text tower's embedding "
+            f"{descriptor['text_config']['vocab_size']}: they were not trained together"
+        )
     transform = EvalTransform.from_dict(descriptor["preprocess"])
     return Loaded(model.eval(), tokenizer, transform, descriptor, config, kind, report)
 
@@ -135,13 +152,22 @@ def _unimed_folder(folder: Path, tokenizer=None) -> Loaded:
         raise UserError(f"{folder}: no model.safetensors beside its config.json")
     tok = _tokenizer_in(folder, tokenizer, int(desc["context_length"]))
     if tok is None:
-        raise UserError(f"{folder}: no tokenizer files (tokenizer.json or vocab.txt) in the folder; give the "
-                        "tokenizer folder it was exported with (--tokenizer)")
+        raise UserError(
+            f"{folder}: no tokenizer files (tokenizer.json or vocab.txt) in the folder; give the "
+            "tokenizer folder it was exported with (--tokenizer)"
+        )
     return build_loaded(desc, read_weights(weights), tok, str(folder), kind="unimed hf folder")
 
 
-def _foreign(state: dict, source: str, *, tokenizer, open_clip_cfg: dict | None, text_config: dict | None,
-             quick_gelu: bool | None) -> tuple[dict, dict, ImportReport]:
+def _foreign(
+    state: dict,
+    source: str,
+    *,
+    tokenizer,
+    open_clip_cfg: dict | None,
+    text_config: dict | None,
+    quick_gelu: bool | None,
+) -> tuple[dict, dict, ImportReport]:
     """(descriptor, state under unimed keys, report) of another project's layout."""
     from unimed.train.transform import CLIP_MEAN, CLIP_STD
 
@@ -153,14 +179,18 @@ def _foreign(state: dict, source: str, *, tokenizer, open_clip_cfg: dict | None,
     declared = oc.get("quick_gelu") if open_clip_cfg is not None else (True if layout == "unimed-clip" else None)
     if declared is not None and quick_gelu is not None and bool(declared) != bool(quick_gelu):
         said = "QuickGELU" if declared else "GELU"
-        raise UserError(f"{source}: its image tower was trained with {said} (quick_gelu={bool(declared)}), "
-                        f"not {'QuickGELU' if quick_gelu else 'GELU'}: running it through the other activation "
-                        "changes every feature; drop the activation override")
+        raise UserError(
+            f"{source}: its image tower was trained with {said} (quick_gelu={bool(declared)}), "
+            f"not {'QuickGELU' if quick_gelu else 'GELU'}: running it through the other activation "
+            "changes every feature; drop the activation override"
+        )
     act = declared if declared is not None else quick_gelu
     if act is None:
         act = False
-        report.notes.append("activation not declared by the source: GELU (open_clip's default); "
-                            "pass quick_gelu=True for OpenAI/MetaCLIP-initialized towers")
+        report.notes.append(
+            "activation not declared by the source: GELU (open_clip's default); "
+            "pass quick_gelu=True for OpenAI/MetaCLIP-initialized towers"
+        )
     elif open_clip_cfg is None and layout == "unimed-clip":
         report.notes.append("activation QuickGELU (UniMed-CLIP's released towers)")
     vcfg, tcfg = oc.get("vision_cfg", {}), oc.get("text_cfg", {})
@@ -173,12 +203,26 @@ def _foreign(state: dict, source: str, *, tokenizer, open_clip_cfg: dict | None,
         report.notes.append("context length 256 (the reference system's; not stored in the weights)")
     pre = (open_clip_cfg or {}).get("preprocess_cfg") or {}
     size = vcfg.get("image_size") or int(round((mapped["visual.positional_embedding"].shape[0] - 1) ** 0.5)) * int(
-        mapped["visual.conv1.weight"].shape[-1])
-    preprocess = {"size": size, "mean": list(pre.get("mean", CLIP_MEAN)), "std": list(pre.get("std", CLIP_STD)),
-                  "interpolation": "bicubic", "resize_mode": "shortest"}
-    desc = infer_descriptor(mapped, source, quick_gelu=bool(act), context_length=context,
-                            pad_id=int(tokenizer.pad_id), preprocess=preprocess, vision_heads=heads,
-                            text_config=text_config, notes=report.notes)
+        mapped["visual.conv1.weight"].shape[-1]
+    )
+    preprocess = {
+        "size": size,
+        "mean": list(pre.get("mean", CLIP_MEAN)),
+        "std": list(pre.get("std", CLIP_STD)),
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+    }
+    desc = infer_descriptor(
+        mapped,
+        source,
+        quick_gelu=bool(act),
+        context_length=context,
+        pad_id=int(tokenizer.pad_id),
+        preprocess=preprocess,
+        vision_heads=heads,
+        text_config=text_config,
+        notes=report.notes,
+    )
     return desc, mapped, report
 
 
@@ -202,8 +246,10 @@ def _open_clip_folder(folder: Path, tokenizer, quick_gelu: bool | None) -> Loade
     if "unimed" in doc:  # our own export: the exact descriptor travels
         desc = doc["unimed"]
         if quick_gelu is not None and bool(desc["model"]["vision"]["quick_gelu"]) != bool(quick_gelu):
-            raise UserError(f"{folder}: its image tower uses quick_gelu={desc['model']['vision']['quick_gelu']}, "
-                            f"not {quick_gelu}: drop the activation override")
+            raise UserError(
+                f"{folder}: its image tower uses quick_gelu={desc['model']['vision']['quick_gelu']}, "
+                f"not {quick_gelu}: drop the activation override"
+            )
         mapped, dropped = to_unimed_keys(state, "open_clip", str(folder))
         tok = _tokenizer_in(folder, tokenizer, int(desc["context_length"]))
         report = ImportReport(str(folder), "open_clip (unimed export)", unexpected=dropped)
@@ -224,13 +270,15 @@ def _open_clip_folder(folder: Path, tokenizer, quick_gelu: bool | None) -> Loade
         if cand.is_file() and json.loads(cand.read_text()).get("model_type") == "bert":
             text_config = json.loads(cand.read_text())
             break
-    desc, mapped, report = _foreign(state, str(folder), tokenizer=tok, open_clip_cfg=doc, text_config=text_config,
-                                    quick_gelu=quick_gelu)
+    desc, mapped, report = _foreign(
+        state, str(folder), tokenizer=tok, open_clip_cfg=doc, text_config=text_config, quick_gelu=quick_gelu
+    )
     return build_loaded(desc, mapped, tok, str(folder), kind="open_clip folder", report=report)
 
 
-def load_any(path: str | os.PathLike, config: str | None = None, tokenizer=None,
-             quick_gelu: bool | None = None, ema: bool = True) -> Loaded:
+def load_any(
+    path: str | os.PathLike, config: str | None = None, tokenizer=None, quick_gelu: bool | None = None, ema: bool = True
+) -> Loaded:
     """Load any accepted source (see the module docstring) into a :class:`Loaded`; a Composer checkpoint
     of a run with a weight average gives the averaged weights unless ``ema`` is False."""
     p = Path(path)
@@ -242,8 +290,9 @@ def load_any(path: str | os.PathLike, config: str | None = None, tokenizer=None,
             return _unimed_folder(p, tokenizer)
         if (p / ".metadata").is_file():
             return _composer(source, config, ema=ema)
-        raise UserError(f"{source}: not a checkpoint folder (no .metadata, open_clip_config.json or unimed "
-                        "config.json)")
+        raise UserError(
+            f"{source}: not a checkpoint folder (no .metadata, open_clip_config.json or unimed config.json)"
+        )
     if not p.is_file():
         raise UserError(f"checkpoint {source!r} does not exist")
     raw = read_weights(p)
@@ -257,8 +306,11 @@ def load_any(path: str | os.PathLike, config: str | None = None, tokenizer=None,
     tok = _tokenizer_in(None, tokenizer, context)
     if tok is None:
         layout = detect_layout(state, source)
-        raise UserError(f"{source}: {'an' if layout[0] in 'aeiou' else 'a'} {layout} checkpoint carries no tokenizer: give the "
-                        "text tower's tokenizer folder (--tokenizer, e.g. its BiomedBERT folder)")
-    desc, mapped, report = _foreign(state, source, tokenizer=tok, open_clip_cfg=doc, text_config=None,
-                                    quick_gelu=quick_gelu)
+        raise UserError(
+            f"{source}: {'an' if layout[0] in 'aeiou' else 'a'} {layout} checkpoint carries no tokenizer: give the "
+            "text tower's tokenizer folder (--tokenizer, e.g. its BiomedBERT folder)"
+        )
+    desc, mapped, report = _foreign(
+        state, source, tokenizer=tok, open_clip_cfg=doc, text_config=None, quick_gelu=quick_gelu
+    )
     return build_loaded(desc, mapped, tok, source, kind=f"{report.layout} checkpoint", report=report)

@@ -28,8 +28,18 @@ from unimed.errors import UserError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["LossSpec", "register_loss", "get_loss", "registered_losses", "loss_for_state", "gather_with_grad",
-           "rank_offset", "contrastive_loss", "infonce_loss", "sigmoid_loss"]
+__all__ = [
+    "LossSpec",
+    "register_loss",
+    "get_loss",
+    "registered_losses",
+    "loss_for_state",
+    "gather_with_grad",
+    "rank_offset",
+    "contrastive_loss",
+    "infonce_loss",
+    "sigmoid_loss",
+]
 
 
 @dataclass(frozen=True)
@@ -52,8 +62,9 @@ def register_loss(name: str, *, needs_bias: bool = False, init_bias: float = 0.0
 
     def decorate(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         if name in _REGISTRY:
-            warnings.warn(f"loss {name!r} registered twice; {fn.__module__}.{fn.__qualname__} replaces the first",
-                          stacklevel=2)
+            warnings.warn(
+                f"loss {name!r} registered twice; {fn.__module__}.{fn.__qualname__} replaces the first", stacklevel=2
+            )
         _REGISTRY[name] = LossSpec(name, fn, needs_bias, float(init_bias))
         return fn
 
@@ -129,20 +140,44 @@ def contrastive_loss(
 
 
 @register_loss("clip")
-def infonce_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-                 logit_bias: torch.Tensor | None, impl: str) -> torch.Tensor:
+def infonce_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor | None,
+    impl: str,
+) -> torch.Tensor:
     """Symmetric InfoNCE (CLIP): image-to-text and text-to-image cross-entropy over the global batch."""
     from unimed.kernels import clip_loss
 
-    return clip_loss(image_features, text_features, logit_scale, image_all=gather_with_grad(image_features),
-                     text_all=gather_with_grad(text_features), offset=rank_offset(image_features), impl=impl)
+    return clip_loss(
+        image_features,
+        text_features,
+        logit_scale,
+        image_all=gather_with_grad(image_features),
+        text_all=gather_with_grad(text_features),
+        offset=rank_offset(image_features),
+        impl=impl,
+    )
 
 
 @register_loss("siglip", needs_bias=True, init_bias=-10.0)
-def sigmoid_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-                 logit_bias: torch.Tensor | None, impl: str) -> torch.Tensor:
+def sigmoid_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor | None,
+    impl: str,
+) -> torch.Tensor:
     """Sigmoid loss (SigLIP): each image against every caption of the global batch, a bias per logit."""
     from unimed.kernels import siglip_loss
 
-    return siglip_loss(image_features, text_features, logit_scale, logit_bias,
-                       text_all=gather_with_grad(text_features), offset=rank_offset(image_features), impl=impl)
+    return siglip_loss(
+        image_features,
+        text_features,
+        logit_scale,
+        logit_bias,
+        text_all=gather_with_grad(text_features),
+        offset=rank_offset(image_features),
+        impl=impl,
+    )

@@ -65,9 +65,17 @@ def _choose_c(x: np.ndarray, y: np.ndarray, groups: list[str], k: int, seed: int
     return best_c, f"C={best_c:g} (best balanced top-1 {best:.3f} on {int(val.sum())} validation samples)"
 
 
-def linear_probe(model, folder: str, spec: EvalSetSpec, transform: EvalTransform, test_folder: str | None = None,
-                 test_fraction: float = 0.2, seed: int = 0, batch_size: int = 64,
-                 max_samples: int | None = None) -> dict[str, Any]:
+def linear_probe(
+    model,
+    folder: str,
+    spec: EvalSetSpec,
+    transform: EvalTransform,
+    test_folder: str | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    batch_size: int = 64,
+    max_samples: int | None = None,
+) -> dict[str, Any]:
     """Test metrics of a logistic-regression probe on frozen features (see the module docstring)."""
     try:
         import sklearn  # noqa: F401
@@ -89,14 +97,18 @@ def linear_probe(model, folder: str, spec: EvalSetSpec, transform: EvalTransform
         xt, yt = x[is_test], y[is_test]
         x, y = x[~is_test], y[~is_test]
         groups = [g for g, t in zip(train.groups, is_test) if not t]
-        split = (f"by patient: {int(is_test.sum())} of {len(is_test)} samples "
-                 f"({len(set(np.asarray(train.groups)[is_test]))} of {len(set(train.groups))} patients) for testing")
+        split = (
+            f"by patient: {int(is_test.sum())} of {len(is_test)} samples "
+            f"({len(set(np.asarray(train.groups)[is_test]))} of {len(set(train.groups))} patients) for testing"
+        )
         left_out = dict(train.left_out)
     k = len(spec.classes)
     missing = [spec.classes[i] for i in range(k) if not (y == i).any()]
     if missing:
-        raise UserError(f"{folder}: no training sample for classes {missing} of set {spec.name!r} ({split}); "
-                        "give more data or a --test folder")
+        raise UserError(
+            f"{folder}: no training sample for classes {missing} of set {spec.name!r} ({split}); "
+            "give more data or a --test folder"
+        )
     if len(yt) == 0:
         raise UserError(f"{folder}: no test sample ({split}); give a --test folder or more patients")
     c, how = _choose_c(x, y, groups, k, seed)
@@ -104,6 +116,14 @@ def linear_probe(model, folder: str, spec: EvalSetSpec, transform: EvalTransform
     probs = np.zeros((len(yt), k))
     probs[:, clf.classes_] = clf.predict_proba(xt)
     out = multiclass_metrics(probs, yt, spec.classes, spec.binary)
-    out.update({"train_per_class_n": {cl: int((y == i).sum()) for i, cl in enumerate(spec.classes)},
-                "split": split, "C": c, "C_choice": how, "left_out": left_out, "features": int(x.shape[1])})
+    out.update(
+        {
+            "train_per_class_n": {cl: int((y == i).sum()) for i, cl in enumerate(spec.classes)},
+            "split": split,
+            "C": c,
+            "C_choice": how,
+            "left_out": left_out,
+            "features": int(x.shape[1]),
+        }
+    )
     return out

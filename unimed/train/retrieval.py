@@ -52,8 +52,15 @@ def recall_at_k(sim: torch.Tensor, positives: list[list[int]], ks: Sequence[int]
 
 
 @torch.no_grad()
-def evaluate_retrieval(model, tokenizer, folder: str, transform: EvalTransform, batch_size: int = 64,
-                       max_samples: int | None = None, ks: Sequence[int] = (1, 5, 10)) -> dict[str, Any]:
+def evaluate_retrieval(
+    model,
+    tokenizer,
+    folder: str,
+    transform: EvalTransform,
+    batch_size: int = 64,
+    max_samples: int | None = None,
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict[str, Any]:
     """Recall@K image->text and text->image on ``folder`` (see the module docstring)."""
     positions, captions, without = collect_captions(folder, max_samples)
     if len(positions) < 2:
@@ -74,8 +81,12 @@ def evaluate_retrieval(model, tokenizer, folder: str, transform: EvalTransform, 
     sim = (img @ txt.T).cpu()
     i2t = recall_at_k(sim, image_texts, ks)
     t2i = recall_at_k(sim.T.contiguous(), text_images, ks)
-    out: dict[str, Any] = {"n_images": len(positions), "n_captions": sum(len(c) for c in captions),
-                           "n_distinct_captions": len(texts), "left_out": {"no caption": without} if without else {}}
+    out: dict[str, Any] = {
+        "n_images": len(positions),
+        "n_captions": sum(len(c) for c in captions),
+        "n_distinct_captions": len(texts),
+        "left_out": {"no caption": without} if without else {},
+    }
     out.update({f"image_to_text/{k}": v for k, v in i2t.items()})
     out.update({f"text_to_image/{k}": v for k, v in t2i.items()})
     out["mean_recall"] = float(np.mean(list(i2t.values()) + list(t2i.values())))

@@ -139,7 +139,8 @@ def collect_targets(folder: str, spec: EvalSetSpec, max_samples: int | None = No
         raise UserError(
             f"{folder}: labels that name no class of set {spec.name!r} ({shown}{more}; samples per label, of "
             f"{out.total}); its classes: {list(spec.classes)}; add the release's names as aliases (or exclude) "
-            f"in {CATALOG_PATH.name}, or relabel the folder")
+            f"in {CATALOG_PATH.name}, or relabel the folder"
+        )
     if not out.positions:
         why = "; ".join(f"{k}: {n}" for k, n in out.left_out.items()) or "it is empty"
         raise UserError(f"{folder}: no sample to evaluate for set {spec.name!r} ({why})")

@@ -52,8 +52,10 @@ def per_device_batch(cfg: TrainConfig, world: int) -> int:
     if g is None:
         return cfg.data.batch_size
     if g <= 0 or g % world:
-        raise UserError(f"global_batch_size={g} does not split over {world} processes: set it to a positive "
-                        f"multiple of {world} (each process takes global_batch_size / world size)")
+        raise UserError(
+            f"global_batch_size={g} does not split over {world} processes: set it to a positive "
+            f"multiple of {world} (each process takes global_batch_size / world size)"
+        )
     return g // world
 
 
@@ -66,8 +68,10 @@ def scaled_lr(cfg: TrainConfig, global_batch: int) -> float:
     if o.lr_scaling == "none":
         return o.lr
     if not o.reference_batch_size or o.reference_batch_size <= 0:
-        raise UserError(f"optimizer.lr_scaling={o.lr_scaling} needs optimizer.reference_batch_size, the global "
-                        "batch optimizer.lr was tuned for")
+        raise UserError(
+            f"optimizer.lr_scaling={o.lr_scaling} needs optimizer.reference_batch_size, the global "
+            "batch optimizer.lr was tuned for"
+        )
     ratio = global_batch / o.reference_batch_size
     return o.lr * (ratio if o.lr_scaling == "linear" else math.sqrt(ratio))
 
@@ -75,9 +79,11 @@ def scaled_lr(cfg: TrainConfig, global_batch: int) -> float:
 def _check_microbatch(cfg: TrainConfig, batch: int) -> None:
     m = cfg.device_train_microbatch_size
     if m is not None and m != batch:
-        raise UserError(f"device_train_microbatch_size={m} differs from the per-process batch {batch}: "
-                        "micro-batches would each see fewer negatives and change the contrastive loss; "
-                        "leave it unset (use more processes or a smaller global_batch_size instead)")
+        raise UserError(
+            f"device_train_microbatch_size={m} differs from the per-process batch {batch}: "
+            "micro-batches would each see fewer negatives and change the contrastive loss; "
+            "leave it unset (use more processes or a smaller global_batch_size instead)"
+        )
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
@@ -103,16 +109,21 @@ def _parallelism(cfg: TrainConfig) -> dict[str, Any] | None:
         raise UserError("unimed trains with FSDP2 only: unset FSDP_VERSION or set it to 2")
     os.environ["FSDP_VERSION"] = "2"
     if cfg.fsdp.activation_checkpointing:
-        raise UserError("fsdp.activation_checkpointing is not supported: set model.vision.grad_checkpointing "
-                        "and model.text.grad_checkpointing instead")
+        raise UserError(
+            "fsdp.activation_checkpointing is not supported: set model.vision.grad_checkpointing "
+            "and model.text.grad_checkpointing instead"
+        )
     # FULL: the root unit (the logit scale and bias; see composer_model.shard_towers) stays float32.
-    return {"fsdp": {"state_dict_type": cfg.fsdp.state_dict_type,
-                     "reshard_after_forward": cfg.fsdp.reshard_after_forward,
-                     "mixed_precision": "FULL"}}
+    return {
+        "fsdp": {
+            "state_dict_type": cfg.fsdp.state_dict_type,
+            "reshard_after_forward": cfg.fsdp.reshard_after_forward,
+            "mixed_precision": "FULL",
+        }
+    }
 
 
-def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None,
-                  train_dataloader: Any = None) -> Trainer:
+def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None, train_dataloader: Any = None) -> Trainer:
     """The Composer ``Trainer`` for ``cfg`` (nothing trained yet); ``train_dataloader`` replaces the
     shard loader (the benchmark's synthetic in-memory batches)."""
     from composer import Trainer
@@ -132,13 +143,22 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None,
     cfg.data.batch_size = per_device_batch(cfg, world)
     _check_microbatch(cfg, cfg.data.batch_size)
     lr = scaled_lr(cfg, cfg.data.batch_size * world)
-    log.info("unimed.train: global batch %d = %d processes x %d; lr %.3g (optimizer.lr %.3g, lr_scaling %s)",
-             cfg.data.batch_size * world, world, cfg.data.batch_size, lr, cfg.optimizer.lr, cfg.optimizer.lr_scaling)
+    log.info(
+        "unimed.train: global batch %d = %d processes x %d; lr %.3g (optimizer.lr %.3g, lr_scaling %s)",
+        cfg.data.batch_size * world,
+        world,
+        cfg.data.batch_size,
+        lr,
+        cfg.optimizer.lr,
+        cfg.optimizer.lr_scaling,
+    )
     reproducibility.seed_all(cfg.seed)
     tokenizer = tokenizer_for(cfg)
     if cfg.data.context_length != cfg.model.text.context_length:
-        raise UserError(f"data.context_length {cfg.data.context_length} differs from model.text.context_length "
-                        f"{cfg.model.text.context_length}")
+        raise UserError(
+            f"data.context_length {cfg.data.context_length} differs from model.text.context_length "
+            f"{cfg.model.text.context_length}"
+        )
     model = UnimedCLIP(build_model(cfg.model, tokenizer.vocab_size, tokenizer.pad_id))
     model.model.set_image_normalization(cfg.data.mean, cfg.data.std)  # uint8 batches: normalized in the model
     if parallelism is not None:
@@ -194,8 +214,13 @@ def _say_resumed(trainer, cfg: TrainConfig, autoresume: bool) -> None:
     latest = os.path.join(cfg.save_folder or "", "latest-rank0.pt")
     if autoresume and cfg.save_folder and os.path.lexists(latest):
         source = os.path.realpath(latest)
-    log.warning("unimed.train: resumed from %s at batch %d, sample %d (epoch %d)", source or "a checkpoint",
-                int(ts.batch), int(ts.sample), int(ts.epoch))
+    log.warning(
+        "unimed.train: resumed from %s at batch %d, sample %d (epoch %d)",
+        source or "a checkpoint",
+        int(ts.batch),
+        int(ts.sample),
+        int(ts.epoch),
+    )
 
 
 def train(cfg: TrainConfig, extra_callbacks: list | None = None):  # -> composer.Trainer
@@ -240,12 +265,17 @@ def dry_run(cfg: TrainConfig) -> dict[str, Any]:
     _check_microbatch(cfg, cfg.data.batch_size)
     tokenizer = tokenizer_for(cfg)
     if cfg.data.context_length != cfg.model.text.context_length:
-        raise UserError(f"data.context_length {cfg.data.context_length} differs from model.text.context_length "
-                        f"{cfg.model.text.context_length}")
+        raise UserError(
+            f"data.context_length {cfg.data.context_length} differs from model.text.context_length "
+            f"{cfg.model.text.context_length}"
+        )
     model = UnimedCLIP(build_model(cfg.model, tokenizer.vocab_size, tokenizer.pad_id))
     model.model.set_image_normalization(cfg.data.mean, cfg.data.std)
-    towers = {name: sum(p.numel() for p in getattr(model.model, name).parameters())
-              for name in ("visual", "text") if hasattr(model.model, name)}
+    towers = {
+        name: sum(p.numel() for p in getattr(model.model, name).parameters())
+        for name in ("visual", "text")
+        if hasattr(model.model, name)
+    }
     loader = build_loader(cfg.data, tokenizer).dataloader
     try:
         batch = next(iter(loader))
@@ -253,8 +283,11 @@ def dry_run(cfg: TrainConfig) -> dict[str, Any]:
         server = getattr(loader, "dali_server", None)  # the GPU path only
         if server is not None and server._is_thread_running():
             server.stop_thread()
-    shapes = {k: "x".join(map(str, v.shape)) + " " + str(v.dtype).replace("torch.", "") for k, v in batch.items()
-              if isinstance(v, torch.Tensor)}
+    shapes = {
+        k: "x".join(map(str, v.shape)) + " " + str(v.dtype).replace("torch.", "")
+        for k, v in batch.items()
+        if isinstance(v, torch.Tensor)
+    }
     return {
         "parameters": sum(p.numel() for p in model.parameters()),
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),

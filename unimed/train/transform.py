@@ -39,15 +39,21 @@ class EvalTransform:
 
     def to_dict(self) -> dict[str, Any]:
         """The open_clip-style ``preprocess_cfg`` of this transform."""
-        return {"size": self.size, "mean": list(self.mean), "std": list(self.std), "interpolation": "bicubic",
-                "resize_mode": "shortest"}
+        return {
+            "size": self.size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": "bicubic",
+            "resize_mode": "shortest",
+        }
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> EvalTransform:
         size = doc["size"]
         size = int(size[0] if isinstance(size, (list, tuple)) else size)
-        return cls(size, tuple(float(x) for x in doc.get("mean", CLIP_MEAN)),
-                   tuple(float(x) for x in doc.get("std", CLIP_STD)))
+        return cls(
+            size, tuple(float(x) for x in doc.get("mean", CLIP_MEAN)), tuple(float(x) for x in doc.get("std", CLIP_STD))
+        )
 
     def _image(self, image: Any):
         from PIL import Image
@@ -62,10 +68,12 @@ class EvalTransform:
             return Image.open(image)
         if isinstance(image, np.ndarray):
             arr = image if image.ndim == 2 or image.shape[-1] in (1, 3, 4) else np.moveaxis(image, 0, -1)
-            return Image.fromarray(np.ascontiguousarray(arr.squeeze(-1) if arr.ndim == 3 and arr.shape[-1] == 1
-                                                        else arr))
-        raise UserError(f"cannot read an image from a {type(image).__name__}: give a path, bytes, a PIL image "
-                        "or an array")
+            return Image.fromarray(
+                np.ascontiguousarray(arr.squeeze(-1) if arr.ndim == 3 and arr.shape[-1] == 1 else arr)
+            )
+        raise UserError(
+            f"cannot read an image from a {type(image).__name__}: give a path, bytes, a PIL image or an array"
+        )
 
     def array(self, image: Any) -> np.ndarray:
         """The preprocessed image as uint8 [3, size, size] (not normalized: the model does that)."""

@@ -48,8 +48,13 @@ class LoadReport:
         """Log the report, listing up to 10 missing and unexpected keys."""
         logger.warning(
             "unimed.train: %s tower from %s: %d tensors loaded, %d missing %s, %d unexpected %s",
-            tower, self.source, self.loaded, len(self.missing), self.missing[:10],
-            len(self.unexpected), self.unexpected[:10],
+            tower,
+            self.source,
+            self.loaded,
+            len(self.missing),
+            self.missing[:10],
+            len(self.unexpected),
+            self.unexpected[:10],
         )
 
 
@@ -108,11 +113,13 @@ def load_vision_weights(visual: torch.nn.Module, path: str) -> LoadReport:
     tower = getattr(getattr(visual, "cfg", None), "quick_gelu", None)
     if declared is not None and tower is not None and declared != tower:
         said, ours = ("QuickGELU", "GELU") if declared else ("GELU", "QuickGELU")
-        raise UserError(f"{path}: trained with {said} (its open_clip_config.json), but the image tower uses {ours}: "
-                        f"set model.vision.quick_gelu={str(declared).lower()}")
+        raise UserError(
+            f"{path}: trained with {said} (its open_clip_config.json), but the image tower uses {ours}: "
+            f"set model.vision.quick_gelu={str(declared).lower()}"
+        )
     state = _read_state_dict(path)
     prefix = "visual." if any(k.startswith("visual.") for k in state) else ""
-    vis = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    vis = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     own = visual.state_dict()
     pos = vis.get("positional_embedding")
     if pos is not None and pos.shape != own["positional_embedding"].shape:
@@ -124,8 +131,9 @@ def load_vision_weights(visual: torch.nn.Module, path: str) -> LoadReport:
             "set model.vision (width, layers, patch_size) to the checkpoint's architecture"
         )
     result = visual.load_state_dict(vis, strict=False)
-    report = LoadReport(path, len(vis) - len(result.unexpected_keys), list(result.missing_keys),
-                        list(result.unexpected_keys))
+    report = LoadReport(
+        path, len(vis) - len(result.unexpected_keys), list(result.missing_keys), list(result.unexpected_keys)
+    )
     report.log("image")
     return report
 
@@ -152,8 +160,12 @@ def load_text_weights(tower: torch.nn.Module, folder: str) -> LoadReport:
             f"= {folder})"
         )
     tower.bert = bert
-    report = LoadReport(folder, len(bert.state_dict()) - len(info["missing_keys"]),
-                        list(info["missing_keys"]), list(info["unexpected_keys"]))
+    report = LoadReport(
+        folder,
+        len(bert.state_dict()) - len(info["missing_keys"]),
+        list(info["missing_keys"]),
+        list(info["unexpected_keys"]),
+    )
     report.log("text")
     return report
 

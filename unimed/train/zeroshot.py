@@ -21,8 +21,18 @@ from unimed.train.catalog import EvalSetSpec, load_prompts, prompts_for
 from unimed.train.targets import SetTargets, collect_targets
 from unimed.train.transform import EvalTransform
 
-__all__ = ["class_embeddings", "text_embeddings", "image_features", "iter_image_batches", "class_probabilities",
-           "evaluate_set", "multiclass_metrics", "multilabel_metrics", "binary_metrics", "preprocess"]
+__all__ = [
+    "class_embeddings",
+    "text_embeddings",
+    "image_features",
+    "iter_image_batches",
+    "class_probabilities",
+    "evaluate_set",
+    "multiclass_metrics",
+    "multilabel_metrics",
+    "binary_metrics",
+    "preprocess",
+]
 
 
 def preprocess(data: bytes, size: int) -> np.ndarray:
@@ -40,15 +50,16 @@ def text_embeddings(model, tokenizer, texts: Sequence[str], batch_size: int = 25
     device = _device(model)
     out = []
     for i in range(0, len(texts), batch_size):
-        tokens = torch.as_tensor(np.stack([tokenizer(t) for t in texts[i:i + batch_size]]), device=device)
+        tokens = torch.as_tensor(np.stack([tokenizer(t) for t in texts[i : i + batch_size]]), device=device)
         _, emb, _ = model(None, tokens)
         out.append(emb.float())
     return torch.cat(out)
 
 
 @torch.no_grad()
-def class_embeddings(model, tokenizer, spec: EvalSetSpec | Sequence[str], prompts: dict | None = None,
-                     negative: bool = False) -> torch.Tensor:
+def class_embeddings(
+    model, tokenizer, spec: EvalSetSpec | Sequence[str], prompts: dict | None = None, negative: bool = False
+) -> torch.Tensor:
     """[C, D] unit class embeddings: the mean of each class's normalized prompt embeddings.
 
     ``spec`` is a set (its classes and prompt set) or a list of class names (with ``prompts``);
@@ -65,8 +76,9 @@ def class_embeddings(model, tokenizer, spec: EvalSetSpec | Sequence[str], prompt
     return torch.stack(rows)
 
 
-def iter_image_batches(folder: str, positions: Sequence[int], transform: EvalTransform,
-                       batch_size: int) -> Iterator[torch.Tensor]:
+def iter_image_batches(
+    folder: str, positions: Sequence[int], transform: EvalTransform, batch_size: int
+) -> Iterator[torch.Tensor]:
     """[B, 3, S, S] batches of the samples at ``positions`` (shard order), preprocessed."""
     from unimed.streaming.shards import iter_samples
 
@@ -128,8 +140,9 @@ def binary_metrics(probs_pos: np.ndarray, target: np.ndarray) -> dict[str, float
     return {"auc": _auc(probs_pos, positive), "f1": f1, "precision": precision, "recall": recall}
 
 
-def multiclass_metrics(probs: np.ndarray, target: np.ndarray, classes: Sequence[str],
-                       binary: bool = False) -> dict[str, Any]:
+def multiclass_metrics(
+    probs: np.ndarray, target: np.ndarray, classes: Sequence[str], binary: bool = False
+) -> dict[str, Any]:
     """Top-1, balanced top-1, per-class accuracy and n, confusion (rows: truth); binary metrics if asked."""
     pred = probs.argmax(1)
     k = len(classes)
@@ -139,9 +152,11 @@ def multiclass_metrics(probs: np.ndarray, target: np.ndarray, classes: Sequence[
     per_class = {c: (float(confusion[i, i] / n[i]) if n[i] else float("nan")) for i, c in enumerate(classes)}
     present = [v for i, v in enumerate(per_class.values()) if n[i]]
     out: dict[str, Any] = {
-        "n": int(len(target)), "top1": float((pred == target).mean()),
+        "n": int(len(target)),
+        "top1": float((pred == target).mean()),
         "balanced_top1": float(np.mean(present)) if present else float("nan"),
-        "per_class_n": {c: int(n[i]) for i, c in enumerate(classes)}, "per_class_top1": per_class,
+        "per_class_n": {c: int(n[i]) for i, c in enumerate(classes)},
+        "per_class_top1": per_class,
         "confusion": confusion.tolist(),
     }
     if binary and k == 2:
@@ -155,18 +170,33 @@ def multilabel_metrics(scores: np.ndarray, target: np.ndarray, classes: Sequence
     for i, c in enumerate(classes):
         stated = target[:, i] >= 0
         positive = target[stated, i] == 1
-        findings[c] = {"auc": _auc(scores[stated, i], positive), "n_pos": int(positive.sum()),
-                       "n_neg": int((~positive).sum()), "n_unmentioned": int((~stated).sum())}
+        findings[c] = {
+            "auc": _auc(scores[stated, i], positive),
+            "n_pos": int(positive.sum()),
+            "n_neg": int((~positive).sum()),
+            "n_unmentioned": int((~stated).sum()),
+        }
     aucs = [f["auc"] for f in findings.values() if f["auc"] == f["auc"]]
-    return {"n": int(len(target)), "mean_auc": float(np.mean(aucs)) if aucs else float("nan"),
-            "findings_scored": len(aucs), "per_finding": findings,
-            "per_class_n": {c: f["n_pos"] for c, f in findings.items()}}
+    return {
+        "n": int(len(target)),
+        "mean_auc": float(np.mean(aucs)) if aucs else float("nan"),
+        "findings_scored": len(aucs),
+        "per_finding": findings,
+        "per_class_n": {c: f["n_pos"] for c, f in findings.items()},
+    }
 
 
 @torch.no_grad()
 def evaluate_set(
-    model, tokenizer, folder: str, spec: EvalSetSpec, image_size: int, batch_size: int = 64,
-    max_samples: int | None = None, prompts: dict | None = None, transform: EvalTransform | None = None,
+    model,
+    tokenizer,
+    folder: str,
+    spec: EvalSetSpec,
+    image_size: int,
+    batch_size: int = 64,
+    max_samples: int | None = None,
+    prompts: dict | None = None,
+    transform: EvalTransform | None = None,
     targets: SetTargets | None = None,
 ) -> dict[str, Any]:
     """Zero-shot metrics of ``model`` on one set (see the module docstring), with what was left out and why."""
@@ -194,6 +224,9 @@ def evaluate_set(
     out["left_out"] = dict(targets.left_out)
     if spec.per_class:
         short = {c: n for c, n in out["per_class_n"].items() if n < spec.per_class}
-        out["protocol"] = (f"{spec.per_class} per class" if not short else
-                           f"incomplete: {spec.per_class} per class asked, fewer for {short}")
+        out["protocol"] = (
+            f"{spec.per_class} per class"
+            if not short
+            else f"incomplete: {spec.per_class} per class asked, fewer for {short}"
+        )
     return out

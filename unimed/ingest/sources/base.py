@@ -21,8 +21,20 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Item", "Task", "SeriesPlace", "SlideTiling", "ManifestEntry", "Source", "Options", "register",
-           "registry", "get_source", "TIMES", "timed"]
+__all__ = [
+    "Item",
+    "Task",
+    "SeriesPlace",
+    "SlideTiling",
+    "ManifestEntry",
+    "Source",
+    "Options",
+    "register",
+    "registry",
+    "get_source",
+    "TIMES",
+    "timed",
+]
 
 log = logging.getLogger("unimed.ingest")
 

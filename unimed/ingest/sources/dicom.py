@@ -8,7 +8,8 @@ pydicom at conversion. Single-frame files of one series are ordered along the sl
 InstanceNumber, and carry their slice index. A file keeps the modality its coded Modality names
 (:data:`MODALITY_MAP`); ``--modality`` fills in where it names none, and replaces it only with
 ``--force-modality`` (one warning a run counts the files it overrode). Intensity follows
-:mod:`unimed.ingest.intensity`: modality LUT (rescale), window (CT: a Hounsfield window, the one ``--window`` names or soft tissue;
+:mod:`unimed.ingest.intensity`: modality LUT (rescale), window (CT: a Hounsfield window, the one ``--window`` names
+or soft tissue;
 ``--window file`` and every other modality: the file's VOI LUT or window, else percentiles, so a
 Hounsfield window never reaches an X-ray or MR image), MONOCHROME1 inverted after windowing; colour
 images converted to RGB. A multi-frame file scaled by percentiles takes them over all its frames
@@ -95,8 +96,17 @@ def dcmread(path: str | Path, header_only: bool = False) -> Any:
 
 #: What planning reads of a header (the pixels and everything else stay on disk).
 PLAN_TAGS = [
-    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "Modality", "Rows", "Columns", "NumberOfFrames",
-    "InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient", "BurnedInAnnotation",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "InstanceNumber",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "BurnedInAnnotation",
 ]
 
 
@@ -223,7 +233,9 @@ def _voi_lut(ds: Any, signed: bool) -> tuple[int, np.ndarray]:
     return intensity.voi_lut_table(desc, data, signed)
 
 
-def percentile_range(ds: Any, frames: list[tuple[np.ndarray, int]], percentiles: tuple[float, float]) -> tuple[float, float]:
+def percentile_range(
+    ds: Any, frames: list[tuple[np.ndarray, int]], percentiles: tuple[float, float]
+) -> tuple[float, float]:
     """Physical values at two percentiles over ``frames`` ((stored array, frame index) pairs)."""
     lo_p, hi_p = percentiles
     ref = [_physical(a, ds, i).ravel() for a, i in frames]
@@ -332,8 +344,14 @@ class DicomSource(Source):
             series = SeriesPlace(series_uid, _slice_position(ds), int(_first(ds.get("InstanceNumber")) or 0))
         size = ds.stamp[1] if isinstance(ds, Header) else path.stat().st_size
         return Task(
-            self.name, [str(path)], weight=size, modality=modality, overridden=overridden, frames=frames,
-            sop=str(ds.get("SOPInstanceUID", "")) or None, series=series,
+            self.name,
+            [str(path)],
+            weight=size,
+            modality=modality,
+            overridden=overridden,
+            frames=frames,
+            sop=str(ds.get("SOPInstanceUID", "")) or None,
+            series=series,
             header=ds if isinstance(ds, Header) and ds.native is not None and frames == 1 else None,
         )
 

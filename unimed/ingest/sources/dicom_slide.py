@@ -22,9 +22,23 @@ from unimed.ingest.sources.tiles import TiledReader, tile_items
 
 __all__ = ["plan", "iter_items", "DicomSlide"]
 
-_TAGS = ["SOPClassUID", "SOPInstanceUID", "Modality", "ImageType", "BurnedInAnnotation", "Rows", "Columns",
-         "NumberOfFrames", "TotalPixelMatrixColumns", "TotalPixelMatrixRows", "DimensionOrganizationType",
-         "SharedFunctionalGroupsSequence", "PatientID", "IssuerOfPatientID", "StudyInstanceUID"]
+_TAGS = [
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "Modality",
+    "ImageType",
+    "BurnedInAnnotation",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "TotalPixelMatrixColumns",
+    "TotalPixelMatrixRows",
+    "DimensionOrganizationType",
+    "SharedFunctionalGroupsSequence",
+    "PatientID",
+    "IssuerOfPatientID",
+    "StudyInstanceUID",
+]
 
 
 def _header(path: str | Path):  # noqa: ANN202 - a pydicom Dataset
@@ -62,9 +76,16 @@ def plan(path: Path, opts: Options) -> Task:
         mpp=_mpp(ds),
         subject=deid.subject(ds),  # raw; the writer keeps only the keyed hashes
     )
-    return Task("slide", [str(path)], weight=min(path.stat().st_size, 1 << 30), modality=modality,
-                sop=str(ds.get("SOPInstanceUID", "")) or None, frames=int(ds.get("NumberOfFrames") or 1),
-                tiling=tiling, overridden=overridden)
+    return Task(
+        "slide",
+        [str(path)],
+        weight=min(path.stat().st_size, 1 << 30),
+        modality=modality,
+        sop=str(ds.get("SOPInstanceUID", "")) or None,
+        frames=int(ds.get("NumberOfFrames") or 1),
+        tiling=tiling,
+        overridden=overridden,
+    )
 
 
 class DicomSlide(TiledReader):

@@ -41,10 +41,24 @@ _SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".jsonl", ".jsonl.gz", ".ndjs
 
 #: Modality spellings found in public manifests -> unimed modality.
 MODALITY_ALIASES: dict[str, str] = {
-    "x-ray": "xray", "xr": "xray", "cxr": "xray", "cr": "xray", "dx": "xray", "radiograph": "xray",
-    "mr": "mri", "magnetic resonance": "mri", "us": "ultrasound", "sonography": "ultrasound",
-    "histopathology": "pathology", "histology": "pathology", "sm": "pathology", "wsi": "pathology",
-    "retina": "fundus", "retinal": "fundus", "op": "fundus", "computed tomography": "ct",
+    "x-ray": "xray",
+    "xr": "xray",
+    "cxr": "xray",
+    "cr": "xray",
+    "dx": "xray",
+    "radiograph": "xray",
+    "mr": "mri",
+    "magnetic resonance": "mri",
+    "us": "ultrasound",
+    "sonography": "ultrasound",
+    "histopathology": "pathology",
+    "histology": "pathology",
+    "sm": "pathology",
+    "wsi": "pathology",
+    "retina": "fundus",
+    "retinal": "fundus",
+    "op": "fundus",
+    "computed tomography": "ct",
 }
 
 

@@ -95,7 +95,9 @@ class NiftiSource(Source):
         path = task.paths[0]
         modality = task.modality or opts.modality
         if modality == "auto":
-            raise RejectError("NIfTI carries no modality; pass --modality (e.g. ct or mri) or a modality column in --labels")
+            raise RejectError(
+                "NIfTI carries no modality; pass --modality (e.g. ct or mri) or a modality column in --labels"
+            )
         try:
             with timed("decode"):
                 loaded, digest = load_volume(path)

@@ -91,7 +91,7 @@ class TiledReader:
                 ax, ay = max(x, x0), max(y, y0)
                 bx, by = min(x + w, x0 + tw, width), min(y + h, y0 + th, height)
                 if bx > ax and by > ay:
-                    out[ay - y:by - y, ax - x:bx - x] = tile[ay - y0:by - y0, ax - x0:bx - x0]
+                    out[ay - y : by - y, ax - x : bx - x] = tile[ay - y0 : by - y0, ax - x0 : bx - x0]
         return out
 
 
@@ -117,8 +117,9 @@ def choose_level(sizes: list[tuple[int, int]], mpp: float | None, opts: Options)
     return level, max(opts.mpp / level_mpp[level], 1.0) if fine else 1.0, max(opts.mpp, level_mpp[level])
 
 
-def tile_items(reader: Any, sizes: list[tuple[int, int]], mpp: float | None, identity: str, modality: str,
-               opts: Options) -> Iterator[Item]:
+def tile_items(
+    reader: Any, sizes: list[tuple[int, int]], mpp: float | None, identity: str, modality: str, opts: Options
+) -> Iterator[Item]:
     """Cut, test and yield the tiles of a slide (``reader.read(level, x, y, w, h)`` gives RGB regions)."""
     level, scale, out_mpp = choose_level(sizes, mpp, opts)
     width, height = sizes[level]
@@ -137,8 +138,10 @@ def tile_items(reader: Any, sizes: list[tuple[int, int]], mpp: float | None, ide
     for y in range(0, height - span + 1, span):
         for x in range(0, width - span + 1, span):
             if mask is not None:
-                win = mask[int(y * fy):max(int((y + span) * fy), int(y * fy) + 1),
-                           int(x * fx):max(int((x + span) * fx), int(x * fx) + 1)]
+                win = mask[
+                    int(y * fy) : max(int((y + span) * fy), int(y * fy) + 1),
+                    int(x * fx) : max(int((x + span) * fx), int(x * fx) + 1),
+                ]
                 if win.size == 0 or win.mean() < opts.min_tissue * 0.5:  # lenient: the tile test decides
                     continue
             candidates.append((x, y))
@@ -158,11 +161,23 @@ def tile_items(reader: Any, sizes: list[tuple[int, int]], mpp: float | None, ide
             continue
         if span != opts.tile_size:
             region = intensity.resize_max(region, opts.tile_size)
-        meta = {"tile_x": int(round(x * down)), "tile_y": int(round(y * down)), "level": level,
-                "tile_size": opts.tile_size, "level_downsample": round(down, 4), "scale": round(scale, 4),
-                "tissue": round(tissue, 3), "slide_width": sizes[0][0], "slide_height": sizes[0][1]}
+        meta = {
+            "tile_x": int(round(x * down)),
+            "tile_y": int(round(y * down)),
+            "level": level,
+            "tile_size": opts.tile_size,
+            "level_downsample": round(down, 4),
+            "scale": round(scale, 4),
+            "tissue": round(tissue, 3),
+            "slide_width": sizes[0][0],
+            "slide_height": sizes[0][1],
+        }
         if out_mpp:
             meta["mpp"] = round(out_mpp, 4)
         kept += 1
-        yield Item(pixels=np.ascontiguousarray(region), modality=modality,
-                   key=f"{identity}:{level}:{x}:{y}:{opts.tile_size}", meta=meta)
+        yield Item(
+            pixels=np.ascontiguousarray(region),
+            modality=modality,
+            key=f"{identity}:{level}:{x}:{y}:{opts.tile_size}",
+            meta=meta,
+        )
