@@ -20,8 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.train.conftest import tiny_overrides
-
 ROOT = Path(__file__).resolve().parents[1]
 UID_KEY = "unimed-test-key-0123456789abcdef0123"
 #: Timing fields of summary.json (they differ between any two runs).
@@ -299,7 +297,7 @@ def test_killed_convert_resumes_on_another_machine(demo, local_reference, s3, tm
 
 
 @pytest.mark.slow
-def test_train_from_an_s3_mix_then_eval_zeroshot_on_s3(demo, s3, tmp_path, capsys):
+def test_train_from_an_s3_mix_then_eval_zeroshot_on_s3(demo, s3, tmp_path, capsys, tiny_overrides):
     import yaml
 
     from unimed.cli import main as unimed_main
@@ -332,7 +330,7 @@ def test_train_from_an_s3_mix_then_eval_zeroshot_on_s3(demo, s3, tmp_path, capsy
     cfg = load_config(
         config_path("demo-cpu"),
         tiny_overrides(
-            demo,
+            sets=demo,
             **{
                 "data.shards": "[]",
                 "data.mix": str(mix),
@@ -361,7 +359,7 @@ def test_train_from_an_s3_mix_then_eval_zeroshot_on_s3(demo, s3, tmp_path, capsy
     assert list(results) == ["demo-modality"] and results["demo-modality"]["n"] == 36
 
 
-def test_training_from_s3_killed_and_resumed_equals_an_uninterrupted_run(demo, s3, tmp_path):
+def test_training_from_s3_killed_and_resumed_equals_an_uninterrupted_run(demo, s3, tmp_path, tiny_overrides):
     """A run reading an s3:// mix, killed after batch 4 and started again (with an empty stream cache, as on
     a new machine), continues from the batch-3 checkpoint with the loader at the same sample: its losses
     equal an uninterrupted run's."""
@@ -392,7 +390,7 @@ def test_training_from_s3_killed_and_resumed_equals_an_uninterrupted_run(demo, s
         return load_config(
             config_path("demo-cpu"),
             tiny_overrides(
-                demo,
+                sets=demo,
                 **{
                     "data.shards": "[]",
                     "data.mix": str(mix),
@@ -432,7 +430,7 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_unreachable_endpoint_and_missing_bucket_are_one_line(demo, s3, monkeypatch, tmp_path, capsys):
+def test_unreachable_endpoint_and_missing_bucket_are_one_line(demo, s3, monkeypatch, tmp_path, capsys, tiny_overrides):
     from unimed.cli import main as unimed_main
     from unimed.ingest import cli
 
@@ -446,7 +444,12 @@ def test_unreachable_endpoint_and_missing_bucket_are_one_line(demo, s3, monkeypa
         (unimed_main, ["eval", "zeroshot", "--checkpoint", "x.pt", "--data", missing], missing, "does not exist"),
         (
             unimed_main,
-            ["train", "demo-cpu", *tiny_overrides(demo, **{"data.shards": "[]", "data.mix": str(mix)}), "--dry-run"],
+            [
+                "train",
+                "demo-cpu",
+                *tiny_overrides(sets=demo, **{"data.shards": "[]", "data.mix": str(mix)}),
+                "--dry-run",
+            ],
             s3.url("nothing-here"),
             "no index.json",
         ),

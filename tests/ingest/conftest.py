@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
+import zstandard
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -61,6 +63,48 @@ def dataset_rejects(out: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+#: Identifying values planted into headers: none may reach any byte the converter writes or prints.
+PHI = {
+    "PatientName": "Zyxwv^Plantedname",
+    "PatientID": "PHIID-98765-QX",
+    "PatientBirthDate": "19010203",
+    "InstitutionName": "Planted Memorial Hospitalxyz",
+    "AccessionNumber": "ACCPHI55555",
+    "ReferringPhysicianName": "Docplanted^Whoqq",
+    "StudyDescription": "Plantedstudy for Zyxwv",
+    "BodyPartExamined": "ZYXWVBODY",  # free text in a coded field: must be dropped by the vocabulary
+}
+PRIVATE_CREATOR = "PLANTEDPRIVCREATOR"
+PRIVATE_VALUE = "planted-private-value-4242"
+
+
+def plant(src, dest, burned_in_no: bool = False) -> pydicom.Dataset:
+    """Copy the DICOM file ``src`` to ``dest`` with every PHI value and a private tag planted."""
+    ds = pydicom.dcmread(src)
+    for k, v in PHI.items():
+        setattr(ds, k, v)
+    block = ds.private_block(0x0011, PRIVATE_CREATOR, create=True)
+    block.add_new(0x01, "LO", PRIVATE_VALUE)
+    if burned_in_no:
+        ds.BurnedInAnnotation = "NO"
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(dest)
+    return ds
+
+
+def written_bytes(out) -> bytes:
+    """Every byte under ``out``, zstd shards decompressed too."""
+    blobs = []
+    for p in sorted(out.rglob("*")):
+        if p.is_file():
+            data = p.read_bytes()
+            blobs.append(data)
+            if p.name.endswith(".zstd"):
+                blobs.append(zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 30))
+    return b"\n".join(blobs)
+
+
 @pytest.fixture
 def helpers():
     class H:
@@ -70,6 +114,11 @@ def helpers():
         rejects = staticmethod(rejects)
         dataset_rejects = staticmethod(dataset_rejects)
         key = UID_KEY.encode()
+        PHI = PHI
+        PRIVATE_CREATOR = PRIVATE_CREATOR
+        PRIVATE_VALUE = PRIVATE_VALUE
+        plant = staticmethod(plant)
+        written_bytes = staticmethod(written_bytes)
 
     return H
 

@@ -24,18 +24,16 @@ def broken_folder(tmp_path):
     return folder
 
 
-def test_broken_files_are_reported_and_the_run_goes_on(tmp_path, broken_folder, capsys):
+def test_broken_files_are_reported_and_the_run_goes_on(tmp_path, broken_folder, capsys, helpers):
     out = tmp_path / "out"
     rc = cli.main(["convert", str(broken_folder), "--out", str(out), "--no-progress"])
     assert rc == 0
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.startswith("reject ")]
-    from tests.ingest.conftest import read_samples, rejects
-
-    rj = {r["path"].rsplit("/", 1)[-1]: r["reason"] for r in rejects(out)}
+    rj = {r["path"].rsplit("/", 1)[-1]: r["reason"] for r in helpers.rejects(out)}
     # Every file of the folder is either converted or rejected, each reject printed once.
     inputs = {p.name for p in broken_folder.iterdir()}
-    samples = read_samples(out)
+    samples = helpers.read(out)
     assert len(samples) + len(rj) >= len(inputs) - 1  # bad_sequence.dcm is readable and may convert
     assert set(rj) | {"good.dcm", "bad_sequence.dcm"} >= inputs
     assert "good.dcm" not in rj and any(s["modality"] == "ct" for s in samples)

@@ -18,8 +18,6 @@ from PIL import Image
 from unimed.ingest.reports import clean_text, report_captions, scrub, split_sections
 from unimed.samples import pydicom_data_dir, pydicom_dir
 
-from .test_deid import PHI, _all_written_bytes, plant
-
 
 def _png(path: Path, seed: int, rgb: bool = False) -> Path:
     rng = np.random.default_rng(seed)
@@ -183,8 +181,8 @@ def test_parquet_manifest_with_sectioned_report_columns(tmp_path, helpers):
 def test_dicom_image_in_a_manifest_goes_through_the_dicom_path(tmp_path, helpers):
     src = tmp_path / "in"
     src.mkdir()
-    plant(pydicom_dir() / "CT_small.dcm", src / "ct.dcm")
-    plant(pydicom_data_dir() / "US1_UNCR.dcm", src / "us.dcm")  # no BurnedInAnnotation NO: gated
+    helpers.plant(pydicom_dir() / "CT_small.dcm", src / "ct.dcm")
+    helpers.plant(pydicom_data_dir() / "US1_UNCR.dcm", src / "us.dcm")  # no BurnedInAnnotation NO: gated
     with open(src / "m.csv", "w") as fh:
         fh.write(
             "image,report\nct.dcm,FINDINGS: Liver lesion. Patient name: Zyxwv Plantedname.\nus.dcm,Thyroid nodule.\n"
@@ -195,8 +193,8 @@ def test_dicom_image_in_a_manifest_goes_through_the_dicom_path(tmp_path, helpers
     assert s["meta"]["dicom_modality"] == "CT" and "window" in s["meta"]
     (rj,) = helpers.rejects(tmp_path / "out")
     assert rj["path"].endswith("us.dcm") and "BurnedInAnnotation" in rj["reason"]
-    blob = _all_written_bytes(tmp_path / "out")
-    for value in PHI.values():
+    blob = helpers.written_bytes(tmp_path / "out")
+    for value in helpers.PHI.values():
         assert value.encode() not in blob
     assert b"Plantedname" not in blob and b"Zyxwv" not in blob
 

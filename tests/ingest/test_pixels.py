@@ -68,6 +68,16 @@ def test_hounsfield_window_is_ignored_for_non_ct(window, name, modality, file_wi
     assert np.abs(named.pixels.astype(int) - np.rint(y * 255).astype(int)).max() <= 1
 
 
+def test_hounsfield_window_on_a_run_prints_that_it_applies_to_ct_only(tmp_path, capsys):
+    from unimed.ingest import cli
+
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "mr.dcm").write_bytes((pydicom_dir() / "MR_small.dcm").read_bytes())
+    rc = cli.main(["convert", str(src), "--out", str(tmp_path / "out"), "--window", "lung", "--no-progress"])
+    assert rc == 0 and "--window lung applies to CT images only" in capsys.readouterr().err
+
+
 def test_window_file_on_ct_uses_the_file_path_and_names_still_apply_to_ct():
     path = pydicom_dir() / "CT_small.dcm"  # carries no window: --window file falls back to percentiles
     (f,) = _items(path, window="file")

@@ -5,9 +5,11 @@ are each survived with one clear line."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -213,19 +215,33 @@ def test_duplicate_instances_keep_the_copy_that_decodes(tmp_path, helpers):
     assert "another copy was kept" in rj["c_again.dcm"]
 
 
-def test_tiff_like_preamble_gives_no_library_noise(tmp_path, helpers, capfd):
-    import struct
+#: A TIFF header that tifffile logs two errors about (no strip offsets, no byte counts).
+BAD_TIFF_HEADER = b"II*\x00" + struct.pack("<IH", 8, 1) + b"\x00\x01\x03\x00\x01\x00\x00\x00\x10\x00"
 
+
+def test_tiff_like_preamble_gives_no_library_noise(tmp_path, helpers, capfd, caplog):
     src = tmp_path / "in"
     write_ct_series(src, 6, size=64)
     for f in sorted(src.glob("*.dcm")):
         ds = pydicom.dcmread(f)
-        ds.preamble = (b"II*\x00" + struct.pack("<IH", 8, 1) + b"\x00\x01\x03\x00\x01\x00\x00\x00\x10\x00").ljust(
-            128, b"\x00"
-        )  # a TIFF header: tifffile would complain about it
+        ds.preamble = BAD_TIFF_HEADER.ljust(128, b"\x00")  # a TIFF header: tifffile would complain about it
         ds.save_as(f)
-    assert helpers.convert([src], tmp_path / "out")["images"] == 6
+    with caplog.at_level(logging.WARNING, logger="tifffile"):
+        assert helpers.convert([src], tmp_path / "out")["images"] == 6  # in this process: caplog sees its logs
     assert "tifffile" not in "".join(capfd.readouterr())
+    assert not [r for r in caplog.records if r.name.startswith("tifffile")], caplog.text
+
+
+def test_tifffile_notes_while_converting_name_the_input_by_uid(tmp_path, helpers, caplog):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "DOE_JOHN.svs").write_bytes((BAD_TIFF_HEADER + bytes(4)).ljust(4096, b"\x00"))
+    with caplog.at_level(logging.WARNING, logger="tifffile"):
+        helpers.convert([src], tmp_path / "out")
+    (reject,) = helpers.dataset_rejects(tmp_path / "out")
+    notes = [r.getMessage() for r in caplog.records if r.name == "tifffile"]
+    assert notes and all(n.startswith(f"{reject['uid']}: ") for n in notes), notes
+    assert not any("DOE_JOHN" in n for n in notes)
 
 
 def _children(pid: int) -> list[int]:

@@ -13,7 +13,7 @@ import pytest
 from unimed.ingest.sources.base import Options
 from unimed.ingest.sources.slide import SlideSource, TiffSlide, reader_kind
 from unimed.ingest.sources.tiles import choose_level, saturation, tissue_threshold
-from unimed.ingest.synthetic import write_slide
+from unimed.ingest.synthetic import write_dicom_slide, write_slide
 
 
 @pytest.fixture(scope="module")
@@ -119,59 +119,11 @@ def test_100k_slide_converts_with_bounded_memory(tmp_path):
     )
 
 
-def _dicom_wsi(path, tiles_x: int = 4, tiles_y: int = 3, tile: int = 64, image_type=("ORIGINAL", "PRIMARY", "VOLUME")):
-    """A TILED_FULL VL Whole Slide Microscopy file (uncompressed RGB) written with pydicom:
-    white background with tissue (pink, textured) in the left half."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, VLWholeSlideMicroscopyImageStorage, generate_uid
-
-    rng = np.random.default_rng(0)
-    width, height = tiles_x * tile, tiles_y * tile
-    full = np.full((height, width, 3), 250, np.uint8)
-    tissue = np.stack(
-        [
-            rng.integers(150, 230, (height, width // 2)),
-            rng.integers(40, 120, (height, width // 2)),
-            rng.integers(120, 200, (height, width // 2)),
-        ],
-        axis=-1,
-    ).astype(np.uint8)
-    full[:, : width // 2] = tissue
-    frames = [
-        full[ty * tile : (ty + 1) * tile, tx * tile : (tx + 1) * tile] for ty in range(tiles_y) for tx in range(tiles_x)
-    ]
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = VLWholeSlideMicroscopyImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = VLWholeSlideMicroscopyImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "SM"
-    ds.PatientName = "Slide^Planted"
-    ds.ImageType = list(image_type)
-    ds.BurnedInAnnotation = "NO"
-    ds.DimensionOrganizationType = "TILED_FULL"
-    ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows = width, height
-    ds.Rows = ds.Columns = tile
-    ds.NumberOfFrames = len(frames)
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    measures = Dataset()
-    measures.PixelSpacing = [0.0005, 0.0005]  # millimetres: 0.5 µm per pixel
-    shared = Dataset()
-    shared.PixelMeasuresSequence = [measures]
-    ds.SharedFunctionalGroupsSequence = [shared]
-    ds.PixelData = np.stack(frames).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return full
-
-
 def test_dicom_whole_slide_tiles(tmp_path, helpers):
     folder = tmp_path / "wsi"
     folder.mkdir()
-    full = _dicom_wsi(folder / "level0.dcm")
-    _dicom_wsi(folder / "label.dcm", image_type=("ORIGINAL", "PRIMARY", "LABEL"))
+    full = write_dicom_slide(folder / "level0.dcm")
+    write_dicom_slide(folder / "label.dcm", image_type=("ORIGINAL", "PRIMARY", "LABEL"))
     out = tmp_path / "out"
     helpers.convert([folder], out, tile_size=64, mpp=0.5, min_tissue=0.5, codec="png", max_side=0)
     samples = helpers.read(out)
@@ -244,7 +196,7 @@ def test_reader_kind_checks_dicom_before_tiff():
 def test_suffixless_dicom_whole_slide_goes_to_the_dicom_slide_reader(tmp_path, helpers):
     folder = tmp_path / "wsi"
     folder.mkdir()
-    full = _dicom_wsi(folder / "level0")  # no suffix
+    full = write_dicom_slide(folder / "level0")  # no suffix
     head = (folder / "level0").read_bytes()[:256]
     assert reader_kind(head) == "dicom" and SlideSource().probe(folder / "level0", head)
     task = SlideSource().plan(folder / "level0", Options())
@@ -276,7 +228,7 @@ def test_slide_modules_do_not_import_each_other():
 @pytest.mark.parametrize("forced", [False, True])
 def test_dicom_slide_keeps_its_modality_unless_forced(tmp_path, forced):
     """Modality SM is pathology; ``--modality`` does not replace it, ``--force-modality`` does."""
-    _dicom_wsi(tmp_path / "level0.dcm")
+    write_dicom_slide(tmp_path / "level0.dcm")
     opts = Options(modality="other", force_modality=forced, tile_size=64, mpp=0.5)
     task = SlideSource().plan(tmp_path / "level0.dcm", opts)
     assert task.modality == ("other" if forced else "pathology")

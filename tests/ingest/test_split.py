@@ -371,11 +371,11 @@ def test_not_a_dataset_and_bad_out_are_one_line(archive, tmp_path, capsys):
 
 
 def test_dicom_slide_tiles_carry_their_patient(tmp_path, helpers):
-    from tests.ingest.test_slides import _dicom_wsi
+    from unimed.ingest.synthetic import write_dicom_slide
 
     folder = tmp_path / "wsi" / _pid(9) / "SLIDES"
     folder.mkdir(parents=True)
-    _dicom_wsi(folder / "level0.dcm")
+    write_dicom_slide(folder / "level0.dcm")
     ds = pydicom.dcmread(folder / "level0.dcm")
     ds.PatientID, ds.IssuerOfPatientID, ds.StudyInstanceUID = _pid(9), ISSUER, pydicom.uid.generate_uid()
     ds.save_as(folder / "level0.dcm")

@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from tests.train.conftest import demo_sets  # noqa: F401  (the demo's real-image shards, a fixture)
 from unimed.streaming.dataset import choose_crop
 from unimed.streaming.decode import WorkerDecode, dct_scale, decode_crop
 from unimed.streaming.imagecheck import placeholder_image
@@ -67,7 +66,7 @@ def test_reduced_dct_decode_matches_full_decode_and_crop(name, decoder):
     assert max(scales) > 1  # the reduced scale was used
 
 
-def test_reduced_dct_on_the_demo_data(demo_sets):  # noqa: F811
+def test_reduced_dct_on_the_demo_data(demo_sets):
     """The demo's real medical crops (fundus, pathology, X-ray ...), as ingest stored them."""
     from unimed.streaming.shards import iter_samples
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["phantom_slice", "write_ct_series", "write_nifti_volumes", "tissue_tile", "write_slide"]
+__all__ = ["phantom_slice", "write_ct_series", "write_nifti_volumes", "tissue_tile", "write_slide", "write_dicom_slide"]
 
 
 def phantom_slice(size: int, k: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -205,3 +205,58 @@ def write_slide(
                 **extra,
             )
     return path
+
+
+def write_dicom_slide(
+    path: str | Path,
+    tiles_x: int = 4,
+    tiles_y: int = 3,
+    tile: int = 64,
+    image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "VOLUME"),
+) -> np.ndarray:
+    """A TILED_FULL VL Whole Slide Microscopy file (uncompressed RGB) written with pydicom:
+    white background with tissue (pink, textured) in the left half; returns the whole image. Its
+    PatientName is planted, for the de-identification tests."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, VLWholeSlideMicroscopyImageStorage, generate_uid
+
+    rng = np.random.default_rng(0)
+    width, height = tiles_x * tile, tiles_y * tile
+    full = np.full((height, width, 3), 250, np.uint8)
+    tissue = np.stack(
+        [
+            rng.integers(150, 230, (height, width // 2)),
+            rng.integers(40, 120, (height, width // 2)),
+            rng.integers(120, 200, (height, width // 2)),
+        ],
+        axis=-1,
+    ).astype(np.uint8)
+    full[:, : width // 2] = tissue
+    frames = [
+        full[ty * tile : (ty + 1) * tile, tx * tile : (tx + 1) * tile] for ty in range(tiles_y) for tx in range(tiles_x)
+    ]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = VLWholeSlideMicroscopyImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = VLWholeSlideMicroscopyImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "SM"
+    ds.PatientName = "Slide^Planted"
+    ds.ImageType = list(image_type)
+    ds.BurnedInAnnotation = "NO"
+    ds.DimensionOrganizationType = "TILED_FULL"
+    ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows = width, height
+    ds.Rows = ds.Columns = tile
+    ds.NumberOfFrames = len(frames)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    measures = Dataset()
+    measures.PixelSpacing = [0.0005, 0.0005]  # millimetres: 0.5 µm per pixel
+    shared = Dataset()
+    shared.PixelMeasuresSequence = [measures]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    ds.PixelData = np.stack(frames).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return full
