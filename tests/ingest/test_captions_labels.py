@@ -132,3 +132,24 @@ def test_label_table_without_a_path_column_is_a_user_error(tmp_path):
     bad.write_text("name,label\na.png,x\n")
     with pytest.raises(UserError, match="no path column"):
         LabelTable(bad)
+
+
+def test_a_tables_projection_column_becomes_meta_view_in_coded_values_only(tmp_path, helpers):
+    """CheXpert's Frontal/Lateral (and NIH's View Position) reach ``meta.view`` as frontal or lateral; any
+    other cell (free text) is not stored at all."""
+    import numpy as np
+    from PIL import Image
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rows = [("a.png", "Frontal"), ("b.png", "Lateral"), ("c.png", "PA"), ("d.png", "Smith portable")]
+    for i, (name, _) in enumerate(rows):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (64, 64), dtype=np.uint8)).save(raw / name)
+    with open(tmp_path / "labels.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["Path", "Frontal/Lateral", "Edema"])
+        w.writerows([(f"raw/{n}", v, "1.0") for n, v in rows])
+    helpers.convert([raw], tmp_path / "out", labels=str(tmp_path / "labels.csv"), modality="xray")
+    views = sorted(str(s["meta"].get("view")) for s in helpers.read(tmp_path / "out"))
+    assert views == ["None", "frontal", "frontal", "lateral"]
+    assert b"smith" not in helpers.written_bytes(tmp_path / "out").lower()

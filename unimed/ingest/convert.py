@@ -352,6 +352,7 @@ def plan(cfg: ConvertConfig, opts: Options, pool: Any = None) -> tuple[list[Task
                 loose.append(t)
         if hit is not None:
             t.labels = hit.labels
+            t.view = hit.view
             if hit.modality:
                 if hit.modality not in MODALITIES:
                     raise UserError(f"{cfg.labels}: modality {hit.modality} is not one of {', '.join(MODALITIES)}")

@@ -54,6 +54,7 @@ IGNORED = {
     "patient gender",
     "follow-up #",
     "view position",
+    "viewposition",
     "originalimage[width",
     "height]",
     "originalimagepixelspacing[x",
@@ -74,6 +75,23 @@ class Lookup:
 
     labels: list[str]
     modality: str | None = None
+    view: str | None = None  # "frontal" | "lateral" (a radiograph's projection), where the table says
+
+
+#: Projection columns of public label tables (CheXpert's Frontal/Lateral, NIH's View Position, MIMIC's
+#: ViewPosition) and their values, mapped onto the only two values stored (``meta.view``).
+VIEW_COLUMNS = ("frontal/lateral", "view position", "viewposition", "view")
+VIEWS = {
+    "frontal": "frontal",
+    "lateral": "lateral",
+    "pa": "frontal",
+    "ap": "frontal",
+    "ap axial": "frontal",
+    "ll": "lateral",
+    "rl": "lateral",
+    "lat": "lateral",
+    "lateral decubitus": "lateral",
+}
 
 
 def _split(cell: str) -> list[str]:
@@ -102,6 +120,7 @@ class LabelTable:
                     raise UserError(f"{csv_path}: no path column; name one of {', '.join(PATH_COLUMNS)}")
                 label_col = next((lower[c] for c in LABEL_COLUMNS if c in lower), None)
                 mod_col = lower.get("modality")
+                view_col = next((lower[c] for c in VIEW_COLUMNS if c in lower), None)
                 rows = list(reader)
         except (UnicodeDecodeError, csv.Error, EOFError, gzip.BadGzipFile) as exc:
             raise UserError(
@@ -135,7 +154,8 @@ class LabelTable:
                     for h in onehot
                     if (r.get(h) or "").strip() in ("0", "0.0") and not h.lower().startswith("no ")
                 ]
-            look = Lookup(labels, (r.get(mod_col) or "").strip().lower() or None if mod_col else None)
+            view = VIEWS.get((r.get(view_col) or "").strip().lower()) if view_col else None  # coded, or nothing
+            look = Lookup(labels, (r.get(mod_col) or "").strip().lower() or None if mod_col else None, view)
             self.entries.append(look)
             if any(ch in key for ch in "*?["):
                 self.patterns.append((key, look))

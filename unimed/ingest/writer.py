@@ -68,6 +68,8 @@ def _sample(item: Any, task: Task, engine: CaptionEngine, wopts: WriteOptions, k
     captions = _label_captions(engine, item.modality, labels, item.anatomy) if labels or not item.texts else []
     captions = list(dict.fromkeys([*item.texts, *captions]))
     meta = dict(item.meta)
+    if task.view:
+        meta["view"] = task.view
     meta.update(
         codec=codec,
         height=int(pixels.shape[0]),

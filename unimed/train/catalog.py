@@ -50,6 +50,7 @@ _KEYS = {
     "known",
     "select",
     "per_class",
+    "view",
     "negatives",
 }
 
@@ -93,6 +94,7 @@ class EvalSetSpec:
     known: tuple[str, ...] = ()  # labels that may appear and are not scored
     select: str = ""  # "" | one-positive
     per_class: int | None = None
+    view: str = ""  # "" | frontal: samples whose meta.view is another projection are left out, counted
     negatives: str = "explicit"  # multilabel: explicit | implicit
 
     @functools.cached_property
@@ -146,6 +148,8 @@ def _spec(name: str, entry: dict, where: str) -> EvalSetSpec:
         "implicit",
     ):
         raise UserError(f"{where}: set {name!r}: select is one-positive (or absent), negatives explicit|implicit")
+    if entry.get("view", "") not in ("", "frontal", "lateral"):
+        raise UserError(f"{where}: set {name!r}: view is frontal or lateral (or absent)")
     spec = EvalSetSpec(name=name, **entry)
     spec._lookup  # noqa: B018 - check the aliases now, not at the first sample
     return spec

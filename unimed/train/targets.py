@@ -109,6 +109,10 @@ def collect_targets(folder: str, spec: EvalSetSpec, max_samples: int | None = No
     per_class: Counter[int] = Counter()
     for pos, sample in enumerate(iter_samples(folder)):
         out.total += 1
+        view = (sample.get("meta") or {}).get("view")
+        if spec.view and view and view != spec.view:  # a sample that states no view is kept
+            out.left_out[f"{view} view (the set takes {spec.view} images)"] += 1
+            continue
         values = sample_values(sample, spec)
         if spec.task == "multilabel":
             row = _multilabel(spec, values, unknown)

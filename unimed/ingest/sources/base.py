@@ -139,6 +139,7 @@ class Task:
     weight: int = 0  # bytes on disk, to balance chunks
     modality: str | None = None  # decided by planning, a label table or a manifest; None: the source decides
     labels: list[str] = field(default_factory=list)  # from --labels, --class-folders or a manifest
+    view: str | None = None  # "frontal" | "lateral": a label table's projection column (meta.view)
     source_name: str = "unknown"  # the dataset name (--source)
     origin: str | None = None  # the input file the task was planned from (a manifest for its rows)
     alternates: list[str] = field(default_factory=list)  # other copies of one DICOM instance, in path order
