@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["AugmentConfig", "LoaderConfig", "CLIP_MEAN", "CLIP_STD"]
+__all__ = ["AugmentConfig", "LoaderConfig", "CLIP_MEAN", "CLIP_STD", "CROP_SCALE", "CROP_RATIO"]
 
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+#: The random-resized-crop window: its area fraction and aspect-ratio ranges (training only).
+CROP_SCALE: tuple[float, float] = (0.9, 1.0)
+CROP_RATIO: tuple[float, float] = (0.75, 4 / 3)
 
 
 @dataclass(frozen=True)
@@ -20,8 +23,8 @@ class AugmentConfig:
     """What the pipeline does to each image (defaults: CLIP training at 224 px)."""
 
     image_size: int = 224
-    scale: tuple[float, float] = (0.9, 1.0)  # random-resized-crop area
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # random-resized-crop aspect
+    scale: tuple[float, float] = CROP_SCALE  # random-resized-crop area
+    ratio: tuple[float, float] = CROP_RATIO  # random-resized-crop aspect
     train: bool = True  # False: resize the shorter side and center-crop, no randomness
     decode_dtype: str = "auto"  # "float": 16-bit PNGs keep their low bits; "uint8": half the CPU cost
 
@@ -40,8 +43,8 @@ class LoaderConfig:
     batch_size: int = 64  # per device
     num_workers: int = 4  # dataset worker processes (read, check, tokenize)
     image_size: int = 224
-    crop_scale: tuple[float, float] = (0.9, 1.0)
-    crop_ratio: tuple[float, float] = (0.75, 4 / 3)
+    crop_scale: tuple[float, float] = CROP_SCALE
+    crop_ratio: tuple[float, float] = CROP_RATIO
     flip_modalities: list[str] = field(default_factory=lambda: ["pathology"])
     mean: tuple[float, float, float] = CLIP_MEAN  # of [0, 1] pixels: applied by the model, not here
     std: tuple[float, float, float] = CLIP_STD

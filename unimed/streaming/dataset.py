@@ -23,6 +23,7 @@ import numpy as np
 
 from unimed.schema import MODALITIES
 from unimed.streaming._lazy import import_streaming
+from unimed.streaming.config import CROP_RATIO, CROP_SCALE
 from unimed.streaming.imagecheck import check_image, placeholder_image
 from unimed.streaming.tokenizer import CaptionTokenizer
 
@@ -172,8 +173,8 @@ class UnimedDataset(StreamingDataset):
         transform: Callable[[dict[str, Any]], Any] | None = None,
         caption_seed: int | None = None,
         augment: bool = False,
-        crop_scale: tuple[float, float] = (0.9, 1.0),
-        crop_ratio: tuple[float, float] = (0.75, 4 / 3),
+        crop_scale: tuple[float, float] = CROP_SCALE,
+        crop_ratio: tuple[float, float] = CROP_RATIO,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

@@ -24,11 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unimed.streaming.config import CLIP_MEAN, CLIP_STD
 from unimed.train.loss import get_loss
 from unimed.train.model_config import ModelConfig, TextConfig, VisionConfig
-
-_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's, of [0, 1] pixels
-_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 __all__ = ["VisionConfig", "TextConfig", "ModelConfig", "VisionTransformer", "TextTower", "CLIPModel"]
 
@@ -240,8 +238,8 @@ class CLIPModel(nn.Module):
         self.visual = VisionTransformer(cfg.vision, cfg.embed_dim)
         self.text = TextTower(cfg.text, cfg.embed_dim, vocab_size, pad_id)
         # The image normalization (:meth:`set_image_normalization`; CLIP's until told otherwise).
-        self.register_buffer("image_mean", torch.tensor(_CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("image_std", torch.tensor(_CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
         self.logit_scale = nn.Parameter(torch.full((1,), math.log(cfg.init_logit_scale)))
         # A learnable logit bias where the loss takes one (SigLIP's, -10 at init); absent otherwise.
         loss = get_loss(cfg.loss)

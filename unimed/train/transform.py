@@ -21,11 +21,9 @@ import numpy as np
 import torch
 
 from unimed.errors import UserError
+from unimed.streaming.config import CLIP_MEAN, CLIP_STD
 
 __all__ = ["EvalTransform", "CLIP_MEAN", "CLIP_STD"]
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
