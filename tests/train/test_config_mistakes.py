@@ -119,3 +119,12 @@ def test_a_bad_prompts_yaml_is_one_line_before_any_model_loads(demo_sets, tmp_pa
         str(bad),
         needle,
     )
+
+
+def test_a_null_for_a_setting_that_needs_a_value(capsys):
+    _one_line(
+        capsys,
+        ["train", "demo-cpu", "data.shards=null", "--print-config"],
+        "data.shards cannot be null",
+        "data.shards=[]",
+    )

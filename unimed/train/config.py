@@ -137,6 +137,12 @@ class TrainConfig:
 def _format_error(exc: OmegaConfBaseException, where: str) -> UserError:
     key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
     first = str(exc).splitlines()[0]
+    if key and "is not Optional" in first:  # e.g. data.shards=null
+        return UserError(
+            f"{where}: {key} cannot be null: give a value (data.shards=[] to train from data.mix only)"
+            if str(key) == "data.shards"
+            else f"{where}: {key} cannot be null: give a value"
+        )
     return UserError(f"{where}: {first}" + (f" (key {key!r})" if key and str(key) not in first else ""))
 
 
