@@ -46,30 +46,33 @@ def test_output_into_a_pipe_that_closes_early(tmp_path):
     assert proc.wait(timeout=60) == 1 and "Traceback" not in err, err
 
 
-def test_training_on_a_folder_that_is_not_shards_is_one_line(tmp_path, capsys):
+def test_training_on_a_folder_that_is_not_shards_is_one_line(tmp_path, capsys, tiny_overrides):
     """`unimed train demo-cpu data.shards=raw/`: the raw images' folder, not the converted one."""
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "a.png").write_bytes(b"")
-    rc = unimed_cli.main(["train", "demo-cpu", f"data.shards={tmp_path / 'raw'}", "max_duration=1ba", "--dry-run"])
+    over = tiny_overrides(**{"data.shards": f"[{tmp_path / 'raw'}]", "max_duration": "1ba"})  # the demo's tokenizer
+    rc = unimed_cli.main(["train", "demo-cpu", *over, "--dry-run"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "no index.json" in err and str(tmp_path / "raw") in err, err
 
 
-def test_training_on_shards_that_hold_no_samples_is_one_line(tmp_path, capsys):
+def test_training_on_shards_that_hold_no_samples_is_one_line(tmp_path, capsys, tiny_overrides):
     """A folder a failed conversion left with an empty index: stock streaming would raise deep inside."""
     from unimed.shards import write_index
 
     empty = tmp_path / "empty"
     empty.mkdir()
     write_index(str(empty), [])
-    rc = unimed_cli.main(["train", "demo-cpu", f"data.shards={empty}", "max_duration=1ba", "--dry-run"])
+    over = tiny_overrides(**{"data.shards": f"[{empty}]", "max_duration": "1ba"})
+    rc = unimed_cli.main(["train", "demo-cpu", *over, "--dry-run"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "holds no samples" in err and str(empty) in err, err
 
 
-def test_a_mix_yaml_that_does_not_parse_is_one_line(tmp_path, capsys):
+def test_a_mix_yaml_that_does_not_parse_is_one_line(tmp_path, capsys, tiny_overrides):
     mix = tmp_path / "mix.yaml"
     mix.write_text("streams:\n  - {path: a, proportion: 0.5\n")
-    rc = unimed_cli.main(["train", "demo-cpu", f"data.mix={mix}", "max_duration=1ba", "--dry-run"])
+    over = tiny_overrides(**{"data.shards": "[]", "data.mix": str(mix), "max_duration": "1ba"})
+    rc = unimed_cli.main(["train", "demo-cpu", *over, "--dry-run"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "not valid YAML at line" in err and str(mix) in err, err
