@@ -27,6 +27,7 @@ class AugmentConfig:
     ratio: tuple[float, float] = CROP_RATIO  # random-resized-crop aspect
     train: bool = True  # False: resize the shorter side and center-crop, no randomness
     decode_dtype: str = "auto"  # "float": 16-bit PNGs keep their low bits; "uint8": half the CPU cost
+    augmentations: tuple[str, ...] = ("crop", "flip")  # registered names (unimed.streaming.augment), in order
 
 
 @dataclass
@@ -45,6 +46,7 @@ class LoaderConfig:
     image_size: int = 224
     crop_scale: tuple[float, float] = CROP_SCALE
     crop_ratio: tuple[float, float] = CROP_RATIO
+    augmentations: list[str] = field(default_factory=lambda: ["crop", "flip"])  # unimed.streaming.augment, in order
     flip_modalities: list[str] = field(default_factory=lambda: ["pathology"])
     mean: tuple[float, float, float] = CLIP_MEAN  # of [0, 1] pixels: applied by the model, not here
     std: tuple[float, float, float] = CLIP_STD
@@ -69,4 +71,5 @@ class LoaderConfig:
             ratio=(float(self.crop_ratio[0]), float(self.crop_ratio[1])),
             train=self.train,
             decode_dtype=self.decode_dtype,
+            augmentations=tuple(self.augmentations),
         )

@@ -9,8 +9,9 @@ still builds on CPU operators (``device="cpu"``, ``device_id=None``) for tests a
 logged with the reason, and overridable by argument or by the ``UNIMED_DALI_DEVICE`` variable.
 
 Images are decoded to RGB (grey images become 3 equal channels), randomly cropped (the dataset's
-window), resized to ``image_size`` (bicubic, antialiased), flipped only where the sample's ``flip``
-flag allows, and handed over as CHW **uint8**: normalization happens once, on the device, in the
+window), resized to ``image_size`` (bicubic, antialiased), then given each configured augmentation's
+``dali`` op (:mod:`unimed.streaming.augment`: the flip, only where the sample's ``flip`` flag allows),
+and handed over as CHW **uint8**: normalization happens once, on the device, in the
 model (``CLIPModel.encode_image``). The decoder's type is ``decode_dtype``: ``float`` keeps every bit
 of 16-bit PNGs through the resize and rounds to 8 bits at the end; ``uint8`` maps them onto 8 bits at
 decode (the full range, scaled, not clipped). ``auto`` takes float on the GPU, where it costs nothing
@@ -21,9 +22,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 
 import numpy as np
 
+from unimed.streaming.augment import get_augmentation
 from unimed.streaming.config import CLIP_MEAN, CLIP_STD, AugmentConfig
 
 __all__ = ["AugmentConfig", "DaliProxyTransform", "build_pipeline", "choose_device", "CLIP_MEAN", "CLIP_STD", "DEVICES"]
@@ -74,10 +77,12 @@ def build_pipeline(
     prefetch_queue_depth: int = 2,
     seed: int = 0,
 ):  # -> nvidia.dali.Pipeline
-    """Build the pipeline with three external inputs, ``encoded`` (uint8 bytes), ``flip`` (uint8 0/1:
-    mirror this sample) and ``crop`` (float32 x, y, w, h relative to the image: the random-resized-crop
-    window, drawn per sample by the dataset so that resumption repeats it), and one output, the
-    ``uint8[3, S, S]`` image (not normalized: the model does that). Only the crop window is decoded."""
+    """Build the pipeline with one external input ``encoded`` (uint8 bytes) and one per configured
+    augmentation, named after it (``aug.augmentations``; by default ``crop``, float32 x, y, w, h
+    relative to the image: the random-resized-crop window, and ``flip``, uint8 0/1: mirror this
+    sample; all drawn per sample by the dataset so that resumption repeats them), and one output, the
+    ``uint8[3, S, S]`` image (not normalized: the model does that). Only the crop window is decoded;
+    each augmentation's ``dali`` op then runs on the CHW images, in order."""
     from nvidia.dali import fn, pipeline_def, types
 
     if device not in ("gpu", "cpu"):  # the graph's placement ("dali_cpu" builds it with "cpu")
@@ -94,6 +99,7 @@ def build_pipeline(
     dtype = types.FLOAT if dtype_name == "float" else types.UINT8
     # Float pixels are in [0, 1]: x 255, rounded and saturated into uint8 by crop_mirror_normalize.
     std = [1.0 / 255.0] * 3 if dtype_name == "float" else [1.0] * 3
+    augs = [get_augmentation(name) for name in aug.augmentations]
 
     @pipeline_def(
         batch_size=batch_size,
@@ -104,9 +110,12 @@ def build_pipeline(
     )
     def pipe():
         encoded = fn.external_source(name="encoded", no_copy=True, dtype=types.UINT8, ndim=1)
-        flip = fn.external_source(name="flip", dtype=types.UINT8, ndim=0)
-        crop = fn.external_source(name="crop", dtype=types.FLOAT, ndim=1)
-        if aug.train:
+        params = {
+            a.name: fn.external_source(name=a.name, dtype=types.to_dali_type(np.dtype(a.dtype)), ndim=a.ndim)
+            for a in augs
+        }
+        crop = params.get("crop")
+        if aug.train and crop is not None:
             images = fn.decoders.image_slice(
                 encoded,
                 crop[0:2],
@@ -119,17 +128,25 @@ def build_pipeline(
                 axis_names="WH",
             )
             images = fn.resize(images, size=[size, size], antialias=True, interp_type=types.INTERP_CUBIC)
-            extra = {"mirror": fn.cast(flip, dtype=types.INT32)}
-        else:  # flip and crop are fed (the proxy's inputs are fixed) but unused
+            extra: dict = {}
+        else:  # resize the shorter side, centre crop
             images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB, dtype=dtype)
             images = fn.resize(images, resize_shorter=size, antialias=True, interp_type=types.INTERP_CUBIC)
-            extra = {
-                "crop": (size, size),
-                "mirror": fn.cast(flip, dtype=types.INT32) * 0 + fn.cast(crop[0] * 0, dtype=types.INT32),
-            }
-        return fn.crop_mirror_normalize(
+            extra = {"crop": (size, size)}
+        for a in augs if aug.train else []:
+            a.check_path("dali")
+        post = [(a.name, a.dali) for a in augs if a.dali is not None] if aug.train else []
+        used = {name for name, _ in post} | ({"crop"} if aug.train else set())
+        unused = [a for a in augs if a.name not in used]
+        if unused:  # the proxy's inputs are fed whatever the graph uses: tie the unused ones in as zero
+            zeros = [fn.cast(params[a.name][0] if a.ndim else params[a.name], dtype=types.INT32) * 0 for a in unused]
+            extra["mirror"] = sum(zeros[1:], zeros[0])
+        images = fn.crop_mirror_normalize(
             images, dtype=types.UINT8, output_layout="CHW", mean=[0.0] * 3, std=std, **extra
         )
+        for name, op in post:
+            images = op(images, params[name])
+        return images
 
     return pipe()
 
@@ -143,9 +160,10 @@ class DaliProxyTransform:
     iterator's: the stock proxy numbers batches per worker from 0 each time.
     """
 
-    def __init__(self, proxy) -> None:
+    def __init__(self, proxy, augmentations: Sequence[str] = ("crop", "flip")) -> None:
         self.proxy = proxy
         self.generation = 0
+        self.inputs = tuple((a.name, np.dtype(a.dtype)) for a in map(get_augmentation, augmentations))
 
     def __call__(self, sample: dict) -> dict:
         proxy = self.proxy
@@ -155,9 +173,6 @@ class DaliProxyTransform:
 
             info = get_worker_info()
             proxy._worker_data = _DALIProxy._WorkerData((self.generation, info.id if info else 0))
-        sample["image"] = proxy(
-            encoded=sample["image"],
-            flip=np.asarray(sample["flip"], dtype=np.uint8),
-            crop=np.asarray(sample["crop"], dtype=np.float32),
-        )
+        params = {name: np.asarray(sample[name], dtype=dtype) for name, dtype in self.inputs}
+        sample["image"] = proxy(encoded=sample["image"], **params)
         return sample

@@ -151,5 +151,5 @@ def build_dali_loader(cfg: LoaderConfig, device: str, tokenizer: CaptionTokenize
         seed=cfg.seed,
     )
     server = proxy.DALIServer(pipeline)
-    dataset = build_dataset(cfg, tokenizer=tokenizer, transform=DaliProxyTransform(server.proxy))
+    dataset = build_dataset(cfg, tokenizer=tokenizer, transform=DaliProxyTransform(server.proxy, cfg.augmentations))
     return DaliDataLoader(server, dataset, **loader_kwargs(cfg, pin_memory=False))

@@ -3,26 +3,28 @@
 No pixel is decoded by the dataset itself: decoding and augmentation belong to the ``transform`` —
 DALI's proxy on the GPU path (``unimed.streaming.dali``: batched, nvJPEG), the worker decode on the
 CPU path (``unimed.streaming.decode``). The dataset reads the MDS sample, checks the image's
-structure (``imagecheck``), picks a caption, tokenizes it and draws the crop window and mirror bit
-(:func:`choose_crop`) that either transform applies.
+structure (``imagecheck``), picks a caption, tokenizes it and draws the parameters of every
+configured augmentation (:mod:`unimed.streaming.augment`: the crop window, the mirror bit) that
+either transform applies.
 
-The caption is chosen by a hash of (seed, epoch, sample id), not by a stateful generator, so a run
-resumed mid-epoch picks the same captions as an uninterrupted one, whatever the worker count.
+The caption (and every augmentation's parameters) is chosen by a hash of (seed, epoch, sample id), not
+by a stateful generator, so a run resumed mid-epoch picks the same captions as an uninterrupted one,
+whatever the worker count.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
 from unimed.schema import MODALITIES
 from unimed.streaming._lazy import import_streaming
+from unimed.streaming.augment import AugmentContext, get_augmentation, sample_key
 from unimed.streaming.config import CROP_RATIO, CROP_SCALE
 from unimed.streaming.imagecheck import check_image, placeholder_image
 from unimed.streaming.tokenizer import CaptionTokenizer
@@ -34,38 +36,10 @@ logger = logging.getLogger(__name__)
 StreamingDataset = import_streaming().StreamingDataset
 _LOCAL = import_streaming().base.dataset._ShardState.LOCAL
 
-_MASK64 = (1 << 64) - 1
-
-
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
 
 def choose_caption(num_captions: int, seed: int, epoch: int, sample_id: int) -> int:
     """Index of the caption to use: uniform, and a pure function of (seed, epoch, sample id)."""
-    h = _splitmix64(_splitmix64(_splitmix64(int(seed)) ^ int(epoch)) ^ int(sample_id))
-    return h % num_captions
-
-
-def _uniform(seed: int, epoch: int, sample_id: int, k: int) -> float:
-    """A uniform [0, 1) draw, a pure function of (seed, epoch, sample id, k)."""
-    return _draw(_sample_key(seed, epoch, sample_id), k)
-
-
-def _sample_key(seed: int, epoch: int, sample_id: int) -> int:
-    return _splitmix64(_splitmix64(_splitmix64(int(seed)) ^ int(epoch)) ^ int(sample_id))
-
-
-def _draw(key: int, k: int) -> float:
-    return (_splitmix64(key ^ (k + 1)) >> 11) / float(1 << 53)
-
-
-_WHOLE = np.array([0.0, 0.0, 1.0, 1.0], dtype=np.float32)
-_CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 windows before its central fallback
-_DRAW_X, _DRAW_Y, _DRAW_FLIP = 2 * _CROP_ATTEMPTS, 2 * _CROP_ATTEMPTS + 1, 2 * _CROP_ATTEMPTS + 2
+    return sample_key(seed, epoch, sample_id) % num_captions
 
 
 def choose_crop(
@@ -78,40 +52,11 @@ def choose_crop(
     size: tuple[int, int] = (1, 1),
 ) -> tuple[np.ndarray, int]:
     """The random-resized-crop window (x, y, w, h, relative to the image) and the mirror bit of one
-    sample, as a pure function of (seed, epoch, sample id): a resumed run crops exactly as an
-    uninterrupted one, which a pipeline RNG (not part of a checkpoint) could not promise.
-
-    The window follows torchvision's ``RandomResizedCrop`` over the image's pixels (``size`` = width,
-    height): an area fraction drawn from ``scale`` and a log-uniform aspect ratio (width / height, in
-    pixels) from ``ratio``; a window that does not fit is drawn again, up to 10 times, then the
-    largest central window of an allowed ratio is taken (the whole image when its own ratio is
-    allowed). So every window covers at least ``scale[0]`` of the image, whatever its shape; drawing
-    in relative units and clipping, as before, put 44% of the windows of a 4:3 image below 0.9.
-    Offsets and sizes stay continuous (the decoder's slice rounds them).
-    """
-    width, height = float(size[0]), float(size[1])
-    if width <= 0 or height <= 0:
-        raise ValueError(f"image size must be positive, got {size}")
-    key = _sample_key(seed, epoch, sample_id)
-    area, lo, hi = width * height, math.log(ratio[0]), math.log(ratio[1])
-    for attempt in range(_CROP_ATTEMPTS):
-        target = area * (scale[0] + (scale[1] - scale[0]) * _draw(key, 2 * attempt))
-        aspect = math.exp(lo + (hi - lo) * _draw(key, 2 * attempt + 1))
-        w, h = math.sqrt(target * aspect), math.sqrt(target / aspect)
-        if 0 < w <= width and 0 < h <= height:
-            x, y = (width - w) * _draw(key, _DRAW_X), (height - h) * _draw(key, _DRAW_Y)
-            break
-    else:  # torchvision's fallback: a central window, of the nearest allowed ratio
-        own = width / height
-        if own < min(ratio):
-            w, h = width, width / min(ratio)
-        elif own > max(ratio):
-            w, h = height * max(ratio), height
-        else:
-            w, h = width, height
-        x, y = (width - w) / 2, (height - h) / 2
-    crop = np.array([x / width, y / height, min(1.0, w / width), min(1.0, h / height)], dtype=np.float32)
-    return crop, int(flip_allowed and _draw(key, _DRAW_FLIP) < 0.5)
+    sample: the registered ``crop`` and ``flip`` augmentations' draws (see
+    :func:`unimed.streaming.augment.crop_window`), a pure function of (seed, epoch, sample id)."""
+    allowed = frozenset({"any"}) if flip_allowed else frozenset()
+    ctx = AugmentContext(seed, epoch, sample_id, size, "any", scale, ratio, allowed)
+    return get_augmentation("crop").draw(ctx), int(get_augmentation("flip").draw(ctx))
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
@@ -146,9 +91,10 @@ class UnimedDataset(StreamingDataset):
 
     Each sample is a dict: ``image`` (the encoded bytes as a ``uint8`` array), ``caption`` (str),
     ``tokens`` (``int64[context_length]``, present when a tokenizer is given), ``modality`` (index
-    into ``unimed.schema.MODALITIES``), ``flip`` (1 where the sample is mirrored: only where the
-    modality allows it, and only when ``augment``), ``crop`` (``float32[4]``: the x, y, w, h of the
-    random-resized-crop window relative to the image; the whole image without ``augment``), ``valid`` (False when
+    into ``unimed.schema.MODALITIES``), one entry per augmentation named by its parameters (by default
+    ``crop``, ``float32[4]``: the x, y, w, h of the random-resized-crop window relative to the image, the
+    whole image without ``augment``; and ``flip``, 1 where the sample is mirrored: only where the
+    modality allows it, and only when ``augment``), ``valid`` (False when
     the image was broken and replaced by a placeholder), ``error`` (why;
     empty when valid), ``uid``. The loader counts and logs the replaced ones, once per uid.
 
@@ -157,8 +103,9 @@ class UnimedDataset(StreamingDataset):
         flip_modalities: modalities where a horizontal flip keeps the image plausible (pathology,
             say); never chest X-rays, whose laterality carries meaning.
         transform: called on each sample dict last (the DALI proxy plugs in here).
-        augment: draw a crop window and a mirror bit per sample (training), seeded by (seed, epoch,
-            sample id) so that resumption repeats them.
+        augment: draw each augmentation's parameters per sample (training), seeded by (seed, epoch,
+            sample id) so that resumption repeats them; without it, their identity parameters.
+        augmentations: the registered augmentations (:mod:`unimed.streaming.augment`), in order.
         crop_scale, crop_ratio: the area fraction and aspect-ratio ranges of the crop window.
         caption_seed: seed of the caption choice (the shuffle seed by default).
         **kwargs: everything ``streaming.StreamingDataset`` takes (``streams``, ``local``,
@@ -175,6 +122,7 @@ class UnimedDataset(StreamingDataset):
         augment: bool = False,
         crop_scale: tuple[float, float] = CROP_SCALE,
         crop_ratio: tuple[float, float] = CROP_RATIO,
+        augmentations: Sequence[str] = ("crop", "flip"),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -188,6 +136,7 @@ class UnimedDataset(StreamingDataset):
         self.augment = augment
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
         self.crop_ratio = (float(crop_ratio[0]), float(crop_ratio[1]))
+        self.augmentations = tuple(get_augmentation(name) for name in augmentations)
         self.bad_samples = 0  # per process: images replaced by the placeholder
         self._epoch = 0
         self._whole_shards: set[int] = set()  # per process: shards prepare_shard found local and whole
@@ -222,29 +171,26 @@ class UnimedDataset(StreamingDataset):
         captions = raw["captions"]
         caption = captions[choose_caption(len(captions), self.caption_seed, self._epoch, sample_id)]
         modality = raw["modality"]
-        flip_allowed = modality in self.flip_modalities
-        if self.augment:
-            crop, flip = choose_crop(
-                self.caption_seed,
-                self._epoch,
-                sample_id,
-                self.crop_scale,
-                self.crop_ratio,
-                flip_allowed,
-                image_size(image) or (1, 1),
-            )
-        else:
-            crop, flip = _WHOLE.copy(), 0  # no augmentation: the whole image, never mirrored
+        ctx = AugmentContext(
+            self.caption_seed,
+            self._epoch,
+            sample_id,
+            image_size(image) or (1, 1),
+            modality,
+            self.crop_scale,
+            self.crop_ratio,
+            self.flip_modalities,
+        )
         out: dict[str, Any] = {
             "image": np.frombuffer(image, dtype=np.uint8),
             "caption": caption,
             "modality": MODALITIES.index(modality) if modality in MODALITIES else MODALITIES.index("other"),
-            "flip": np.uint8(flip),
-            "crop": crop,
             "valid": valid,
             "error": reason or "",
             "uid": raw["uid"],
         }
+        for aug in self.augmentations:  # no augmentation: the whole image, never mirrored
+            out[aug.name] = aug.draw(ctx) if self.augment else aug.identity(ctx)
         if self.tokenizer is not None:
             out["tokens"] = self.tokenizer(caption)
         return out

@@ -5,7 +5,8 @@ the crop window still has at least ``image_size`` pixels on both sides at that s
 a ``uint8`` array; then the crop (the window rounded to whole pixels of the decoded image, as DALI's
 slice rounds it) and the resize in one bicubic, antialiased step on the ``uint8`` pixels (PyTorch's
 ``interpolate``, whose vectorized ``uint8`` kernel is Pillow's filter at 3-6x Pillow's speed here),
-then the flip. The window and the mirror bit are the dataset's (``sample["crop"]``, ``sample["flip"]``,
+then each configured augmentation's ``cpu`` op in order (the flip: :mod:`unimed.streaming.augment`).
+The window and the other parameters are the dataset's (``sample["crop"]``, ``sample["flip"]``, ...,
 drawn from (seed, epoch, sample id)), so resumption and per-sample determinism are the DALI path's.
 DALI's CPU operators are not used: their antialiased resize alone held them to 0.46 of the decode
 ceiling.
@@ -28,7 +29,8 @@ from __future__ import annotations
 import io
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,6 +38,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
+from unimed.streaming.augment import PostOp, get_augmentation
 from unimed.streaming.imagecheck import placeholder_image
 
 try:
@@ -197,7 +200,7 @@ def decode_tensor(
 ) -> torch.Tensor:
     """Encoded JPEG/PNG -> ``uint8`` [C, S, S] (C = 1 for grey, 3 for colour): the window decoded at
     reduced DCT scale where it allows, resized bicubically with antialiasing, mirrored when ``flip``
-    (and ``train``)."""
+    (and ``train``; the loader passes 0 and applies the registered ``flip`` instead)."""
     sixteen = False
     decoded = None
     if data[:3] == b"\xff\xd8\xff" and decoder == "simplejpeg" and simplejpeg is not None:
@@ -235,24 +238,36 @@ def decode_crop(
 class WorkerDecode:
     """The dataset transform of the CPU path: ``sample["image"]`` (encoded bytes) becomes
     ``uint8[3, S, S]`` (grey: one channel expanded). An image that passed the header check but
-    fails to decode is replaced by the placeholder and flagged, as broken ones are."""
+    fails to decode is replaced by the placeholder and flagged, as broken ones are. When training,
+    the ``cpu`` op of each of ``augmentations`` with one runs after the resize, in order, on the
+    sample's parameters (``sample[name]``); the crop is fused into the decode (``sample["crop"]``)."""
 
     image_size: int
     train: bool = True
     decoder: str = "simplejpeg"
     decode_dtype: str = "uint8"  # float: 16-bit PNGs resized at full precision (see the module)
+    augmentations: Sequence[str] = ("crop", "flip")
+    _post: tuple[tuple[str, PostOp], ...] = field(init=False, repr=False, default=())
+
+    def __post_init__(self) -> None:
+        augs = [get_augmentation(name) for name in self.augmentations]
+        for a in augs if self.train else []:
+            a.check_path("cpu")
+        self._post = tuple((aug.name, aug.cpu) for aug in augs if aug.cpu is not None)
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         keep = self.decode_dtype == "float"
         data = sample["image"]
         data = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
         try:
-            t = decode_tensor(
-                data, sample.get("crop"), int(sample.get("flip", 0)), self.image_size, self.train, self.decoder, keep
-            )
+            t = decode_tensor(data, sample.get("crop"), 0, self.image_size, self.train, self.decoder, keep)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             logger.debug("unimed.streaming: decode failed uid=%s (%s)", sample.get("uid"), exc)
             sample["valid"], sample["error"] = False, f"decode: {exc}"
             t = decode_tensor(placeholder_image(), None, 0, self.image_size, False, self.decoder)
+        else:
+            for name, op in self._post if self.train else ():
+                if sample.get(name) is not None:  # a sample without its parameters is left as it is
+                    t = op(t, sample[name])
         sample["image"] = t.expand(3, -1, -1) if t.shape[0] == 1 else t
         return sample

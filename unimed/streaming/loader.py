@@ -3,14 +3,14 @@
 Two paths, chosen once by :func:`unimed.streaming.dali.choose_device` and logged:
 
 - **cpu** (no GPU): a plain ``torch.utils.data.DataLoader`` over the ``UnimedDataset``; each worker
-  decodes its samples (libjpeg-turbo at reduced DCT scale, crop, bicubic antialiased resize, flip:
-  :mod:`unimed.streaming.decode`). DALI is never imported.
+  decodes its samples (libjpeg-turbo at reduced DCT scale, crop, bicubic antialiased resize, then the
+  configured augmentations' ops, the flip: :mod:`unimed.streaming.decode`). DALI is never imported.
 - **gpu**: DALI's proxy DataLoader (:mod:`unimed.streaming.dali_loader`): workers read, check and
   tokenize; the DALI server in the main process decodes with nvJPEG and augments on the GPU.
 
 Either way Composer sees a ``DataLoader`` whose ``dataset`` is the ``StreamingDataset``: it
-checkpoints the position with ``dataset.state_dict`` and resumes with ``load_state_dict``; the crop
-window and the mirror bit of every sample are drawn by the dataset from (seed, epoch, sample id),
+checkpoints the position with ``dataset.state_dict`` and resumes with ``load_state_dict``; every
+augmentation's parameters (the crop window, the mirror bit) are drawn by the dataset from (seed, epoch, sample id),
 so both paths crop alike and resume exactly.
 
 A batch is a dict: ``image`` **uint8**[B, 3, S, S] (on the GPU when DALI runs there; not normalized:
@@ -18,7 +18,7 @@ the model's ``encode_image`` normalizes, once, on the device), ``tokens`` int64[
 longest caption rounded up to a multiple of ``pad_multiple``, at most the context length; the
 context length itself with ``dynamic_padding`` off), ``modality`` int64[B], ``valid`` bool[B] (False
 for images that were broken and replaced; mask them out of the loss), ``error`` list[str] (why),
-``flip`` uint8[B], ``crop`` float32[B, 4], ``uid`` list[str], ``caption`` list[str].
+one entry per augmentation (``flip`` uint8[B], ``crop`` float32[B, 4]), ``uid`` list[str], ``caption`` list[str].
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ def build_dataset(cfg: LoaderConfig, tokenizer: CaptionTokenizer | None = None, 
         flip_modalities=cfg.flip_modalities if cfg.train else (),
         transform=transform,
         augment=cfg.train,
+        augmentations=tuple(cfg.augmentations),
         crop_scale=(float(cfg.crop_scale[0]), float(cfg.crop_scale[1])),
         crop_ratio=(float(cfg.crop_ratio[0]), float(cfg.crop_ratio[1])),
         batch_size=cfg.batch_size,
@@ -233,7 +234,9 @@ def build_dataloader(cfg: LoaderConfig, tokenizer: CaptionTokenizer | None = Non
     dtype = cfg.decode_dtype if cfg.decode_dtype != "auto" else "uint8"
     if dtype not in ("float", "uint8"):
         raise ValueError(f"decode_dtype must be 'auto', 'float' or 'uint8', got {cfg.decode_dtype!r}")
-    transform = WorkerDecode(cfg.image_size, train=cfg.train, decoder=decoder, decode_dtype=dtype)
+    transform = WorkerDecode(
+        cfg.image_size, train=cfg.train, decoder=decoder, decode_dtype=dtype, augmentations=tuple(cfg.augmentations)
+    )
     dataset = build_dataset(cfg, tokenizer=tokenizer, transform=transform)
     return UnimedDataLoader(dataset, **loader_kwargs(cfg, pin_memory=torch.cuda.is_available()))
 

@@ -5,7 +5,7 @@ type is a :class:`unimed.errors.UserError` naming the key and the file, never a 
 The resolved config is saved beside the checkpoints (``save_folder/config.yaml``) so evaluation
 rebuilds the same model. Reading and validating a config imports no torch, mosaicml-streaming,
 Composer, transformers or DALI: the dataclasses it is made of live in light modules
-(:mod:`unimed.streaming.config`, :mod:`unimed.train.model_config`, the loss registry).
+(:mod:`unimed.streaming.config`, :mod:`unimed.train.model_config`, the loss and augmentation registries).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from unimed.errors import UserError, yaml_error
+from unimed.streaming.augment import get_augmentation
 from unimed.streaming.config import LoaderConfig
 from unimed.train.loss import get_loss
 from unimed.train.model_config import ModelConfig
@@ -147,7 +148,7 @@ def _format_error(exc: OmegaConfBaseException, where: str) -> UserError:
 
 
 #: List settings a user may give as one string (``data.shards=/data/x``): taken as a one-item list.
-_LIST_KEYS = ("data.shards", "data.flip_modalities", "zeroshot.sets")
+_LIST_KEYS = ("data.shards", "data.flip_modalities", "data.augmentations", "zeroshot.sets")
 
 
 def _listify(doc: dict, overrides: list[str]) -> tuple[dict, list[str]]:
@@ -203,6 +204,8 @@ def _check(cfg: TrainConfig, where: str) -> None:
     if not _DURATION.match(str(cfg.max_duration)):
         raise UserError(f"{where}: max_duration {cfg.max_duration!r}: a number and a unit, e.g. 10ep or 5000ba")
     get_loss(cfg.model.loss, where=f"{where}: model.loss")
+    for name in cfg.data.augmentations:
+        get_augmentation(name, where=f"{where}: data.augmentations")
     if not 0.0 < cfg.ema.decay < 1.0:
         raise UserError(f"{where}: ema.decay {cfg.ema.decay}: between 0 and 1 (e.g. 0.999)")
     if cfg.data.mix and cfg.data.shards:
