@@ -175,9 +175,9 @@ def _pixels(img: Image.Image, keep_precision: bool) -> tuple[np.ndarray, bool]:
     return np.array(img), False  # a copy: Pillow's buffer is read-only
 
 
-def _resize(arr: np.ndarray, box: Box, size: int, flip: bool) -> torch.Tensor:
+def _resize(arr: np.ndarray, box: Box, size: int) -> torch.Tensor:
     """``arr`` [H, W] or [H, W, C] -> the window ``box`` (rounded to whole pixels, at least one) resized
-    to [C, size, size], bicubic and antialiased, mirrored when ``flip``."""
+    to [C, size, size], bicubic and antialiased."""
     h, w = arr.shape[:2]
     left = min(max(0, round(box[0])), w - 1)
     top = min(max(0, round(box[1])), h - 1)
@@ -186,21 +186,20 @@ def _resize(arr: np.ndarray, box: Box, size: int, flip: bool) -> torch.Tensor:
     x = torch.from_numpy(arr)[top:bottom, left:right]
     x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)  # a view: the uint8 kernel reads channels-last
     out = F.interpolate(x.unsqueeze(0), size=(size, size), mode="bicubic", antialias=True, align_corners=False)[0]
-    return out.flip(-1) if flip else out
+    return out
 
 
 def decode_tensor(
     data: bytes,
     crop: np.ndarray | None,
-    flip: int,
     size: int,
     train: bool = True,
     decoder: str = "simplejpeg",
     keep_precision: bool = False,
 ) -> torch.Tensor:
     """Encoded JPEG/PNG -> ``uint8`` [C, S, S] (C = 1 for grey, 3 for colour): the window decoded at
-    reduced DCT scale where it allows, resized bicubically with antialiasing, mirrored when ``flip``
-    (and ``train``; the loader passes 0 and applies the registered ``flip`` instead)."""
+    reduced DCT scale where it allows, resized bicubically with antialiasing. The other augmentations
+    (the flip) are the registered ``cpu`` ops, applied after it (:class:`WorkerDecode`)."""
     sixteen = False
     decoded = None
     if data[:3] == b"\xff\xd8\xff" and decoder == "simplejpeg" and simplejpeg is not None:
@@ -214,7 +213,7 @@ def decode_tensor(
             img = Image.open(io.BytesIO(data))
             box = _box(crop, *img.size, train)
         arr, sixteen = _pixels(img, keep_precision)
-    out = _resize(arr, box, size, bool(flip) and train)
+    out = _resize(arr, box, size)
     if sixteen:
         return out.mul_(255.0 / 65535.0).round_().clamp_(0, 255).to(torch.uint8)
     return out
@@ -229,8 +228,12 @@ def decode_crop(
     decoder: str = "simplejpeg",
     keep_precision: bool = False,
 ) -> np.ndarray:
-    """:func:`decode_tensor` as a numpy image: ``uint8`` [S, S] (grey) or [S, S, 3]."""
-    t = decode_tensor(data, crop, flip, size, train, decoder, keep_precision)
+    """:func:`decode_tensor` then, when ``train``, the registered flip's ``cpu`` op (as the loader applies
+    it), as a numpy image: ``uint8`` [S, S] (grey) or [S, S, 3]."""
+    t = decode_tensor(data, crop, size, train, decoder, keep_precision)
+    mirror = get_augmentation("flip").cpu
+    if train and mirror is not None:
+        t = mirror(t, np.uint8(bool(flip)))
     return t[0].numpy() if t.shape[0] == 1 else np.ascontiguousarray(t.permute(1, 2, 0).numpy())
 
 
@@ -260,11 +263,11 @@ class WorkerDecode:
         data = sample["image"]
         data = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
         try:
-            t = decode_tensor(data, sample.get("crop"), 0, self.image_size, self.train, self.decoder, keep)
+            t = decode_tensor(data, sample.get("crop"), self.image_size, self.train, self.decoder, keep)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             logger.debug("unimed.streaming: decode failed uid=%s (%s)", sample.get("uid"), exc)
             sample["valid"], sample["error"] = False, f"decode: {exc}"
-            t = decode_tensor(placeholder_image(), None, 0, self.image_size, False, self.decoder)
+            t = decode_tensor(placeholder_image(), None, self.image_size, False, self.decoder)
         else:
             for name, op in self._post if self.train else ():
                 if sample.get(name) is not None:  # a sample without its parameters is left as it is
