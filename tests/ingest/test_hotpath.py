@@ -184,7 +184,7 @@ def test_the_encoder_is_chosen_once_and_said_in_one_line():
     assert "\n" not in auto.description and "UNIMED_JPEG" in auto.description
 
 
-def test_at_least_four_chunks_per_worker_and_a_resume_keeps_the_first_cut(tmp_path, helpers):
+def test_at_least_four_chunks_per_worker_in_whole_rounds_and_a_resume_keeps_the_first_cut(tmp_path, helpers):
     from unimed.ingest.convert import _chunks
     from unimed.ingest.sources.base import Task
 
@@ -194,6 +194,10 @@ def test_at_least_four_chunks_per_worker_and_a_resume_keeps_the_first_cut(tmp_pa
         sizes = [len(c.tasks) for c in chunks]
         assert len(chunks) == 4 * workers and sum(sizes) == 200 and max(sizes) - min(sizes) <= 1
     assert len(_chunks(tasks, "p000", 0.01, 1)) == 20  # at most 0.01 MB a chunk: 10 tasks of 1 kB
+    # 9 chunks by size on 2 workers would leave the ninth running alone: a whole round each instead
+    nine = [Task("dicom", [f"/x/{i}"], weight=525_000) for i in range(1000)]
+    assert len(_chunks(nine, "p000", 64.0, 1)) == 9
+    assert len(_chunks(nine, "p000", 64.0, 2)) == 10 and len(_chunks(nine, "p000", 64.0, 3)) == 12
     series = tmp_path / "in"
     write_ct_series(series, 24, size=32)
     out = tmp_path / "out"
@@ -278,3 +282,43 @@ def test_nifti_inflated_in_one_call_reads_as_nibabel_reads_it(tmp_path):
         a, b = np.asarray(fast.dataobj, dtype=np.float32), np.asarray(slow.dataobj, dtype=np.float32)
         assert np.array_equal(a, b, equal_nan=True), f.name
         assert np.array_equal(nib.as_closest_canonical(fast).affine, nib.as_closest_canonical(slow).affine)
+
+
+_FAULTS = """
+import resource, sys
+import numpy as np
+if sys.argv[1] == "keep":
+    from unimed.ingest.lifecycle import keep_freed_memory
+    assert keep_freed_memory()
+def image():  # an image's temporaries, made together and freed together: 12 MB
+    parts = [np.ones(4 << 20, np.uint8) for _ in range(3)]
+    return sum(int(p[::4096].sum()) for p in parts)
+for _ in range(5):  # warm: the heap grows once
+    image()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    image()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_the_converter_keeps_freed_buffers_instead_of_faulting_them_in_again():
+    def faults(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True)
+        return int(done.stdout)
+
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    assert faults("default") >= 20 * 500  # of its 3,072 pages, about 1,000 handed back and faulted in again
+    assert faults("keep") < 100  # reused: no page faulted in again
+
+
+def test_a_conversion_sets_the_allocator_before_its_workers_fork(tmp_path, helpers):
+    from unimed.ingest import lifecycle
+
+    write_ct_series(tmp_path / "in", 4, size=32)
+    helpers.convert([tmp_path / "in"], tmp_path / "out", workers=1)
+    assert lifecycle._HEAP_KEPT == (sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc")

@@ -38,6 +38,7 @@ from unimed.ingest.lifecycle import (
     default_report_dir,
     die_with_parent,
     disk_errors,
+    keep_freed_memory,
     run_lock,
 )
 from unimed.ingest.merge import (
@@ -404,7 +405,7 @@ def _chunks(
         weights = [max(t.weight, 1) for t in tasks]
         total = sum(weights)
         n = max(-(-total // int(max(chunk_mb, 0.001) * 1e6)), 4 * workers, -(-len(tasks) // max_tasks))
-        n = min(n, len(tasks))
+        n = min(-(-n // workers) * workers, len(tasks))  # a whole round per worker: no chunk runs alone at the end
         sizes, cum = [0] * n, 0
         for w in weights:  # a task goes to the chunk its weight's midpoint falls in
             sizes[min(int((cum + w / 2) * n // total), n - 1)] += 1
@@ -585,6 +586,7 @@ def convert(cfg: ConvertConfig, echo: Any = print) -> dict:
     """
     cfg.check()
     quiet_libraries()
+    keep_freed_memory()  # before the pool forks: its workers inherit the setting
     opts, wopts = cfg.read, cfg.write
     from unimed.ingest.captions import CaptionEngine
 

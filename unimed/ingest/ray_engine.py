@@ -48,9 +48,11 @@ def _plan_batch(fn: Any, args: list) -> list:
 def _chunk_task(shared: tuple, spec: ChunkSpec) -> tuple[dict, list[dict]]:
     """In a Ray worker: convert one chunk; return its stats and its rejects (with paths, for the driver)."""
     from unimed.ingest.convert import convert_chunk, quiet_libraries
+    from unimed.ingest.lifecycle import keep_freed_memory
 
     out, opts, wopts, key, report_dir = shared
     quiet_libraries()
+    keep_freed_memory()
     rejects: list[dict] = []
     stats = convert_chunk(
         out, spec, opts, wopts, key, report=lambda _n, new: rejects.extend(new), report_dir=report_dir
