@@ -87,6 +87,21 @@ def process_seconds(cmd: list[str], env: dict[str, str] | None = None) -> tuple[
     return seconds, cpu
 
 
+def processes_seconds(cmds: list[list[str]], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Wall and CPU seconds of running ``cmds`` side by side, each as its own process, from the first
+    start to the last exit (every one must succeed); the CPU figure counts all of them and their workers."""
+    import subprocess
+
+    cpu0, start = cpu_seconds(), time.perf_counter()
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for c in cmds]
+    errors = [p.communicate()[1] for p in procs]
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
+    for c, p, err in zip(cmds, procs, errors):
+        if p.returncode != 0:
+            raise RuntimeError(f"{' '.join(c[:4])} ... failed ({p.returncode}): {err[-2000:]}")
+    return seconds, cpu
+
+
 @dataclass
 class Report:
     """Figures of one benchmark run: named results, ratios between them, and the machine."""

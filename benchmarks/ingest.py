@@ -14,7 +14,11 @@ process, imports excluded) and whole-process (``python -m unimed.ingest.cli conv
 the best run of each is reported (a shared machine's bursts hit any run; the best is the code's).
 
 Figures: images per second; ``ingest/baseline`` (1 worker against the single-process baseline: per
-core) and ``ingest_2workers/ingest_1worker``, in-stage and ``whole:``-prefixed; ``startup_s``, the
+core) and ``ingest_2workers/ingest_1worker``, in-stage and ``whole:``-prefixed;
+``whole:side_by_side/ingest_1worker``, two independent 1-worker conversions of the two halves of the
+input run at the same time against one conversion of all of it (the machine's own 2-process ceiling:
+two processes sharing nothing, on a VM whose cores slow each other through shared caches and the host),
+and ``whole:ingest_2workers/side_by_side``, how much of that ceiling the 2-worker run reaches; ``startup_s``, the
 wall time of a whole-process conversion of one slice; the split of worker time into decode /
 transform / encode / write; bytes per image; and ``zstd``: for no compression and levels 1 and 3, the
 bytes and milliseconds per image of compressing the converter's shards (the default level is the
@@ -43,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Report, base_parser, cpu_seconds, peak_rss_mb, process_seconds  # noqa: E402
+from harness import Report, base_parser, cpu_seconds, peak_rss_mb, process_seconds, processes_seconds  # noqa: E402
 
 UID_KEY = "benchmark-key-0123456789abcdef0123456"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -204,31 +208,53 @@ def _env() -> dict[str, str]:
     return {**os.environ, "UNIMED_UID_KEY": UID_KEY, "PYTHONPATH": ROOT}
 
 
-def ingest_process(inputs: Path, out: Path, workers: int, modality: str) -> tuple[float, float]:
-    """Whole-process wall and CPU seconds of ``ingest convert`` (the CLI, its defaults but for an explicit level)."""
+def _convert_cmd(inputs: Path, out: Path, workers: int, modality: str) -> list[str]:
+    """The ``ingest convert`` command line (its defaults but for an explicit level), ``out`` cleared."""
     from unimed.ingest.convert import ConvertConfig
 
     _fresh(out)
     level = ConvertConfig(inputs=[], out="").compression or "none"
-    return process_seconds(
-        [
-            sys.executable,
-            "-m",
-            "unimed.ingest.cli",
-            "convert",
-            str(inputs),
-            "--out",
-            str(out),
-            "--workers",
-            str(workers),
-            "--modality",
-            modality,
-            "--no-progress",
-            "--compression",
-            level,
-        ],
-        _env(),
-    )
+    return [
+        sys.executable,
+        "-m",
+        "unimed.ingest.cli",
+        "convert",
+        str(inputs),
+        "--out",
+        str(out),
+        "--workers",
+        str(workers),
+        "--modality",
+        modality,
+        "--no-progress",
+        "--compression",
+        level,
+    ]
+
+
+def ingest_process(inputs: Path, out: Path, workers: int, modality: str) -> tuple[float, float]:
+    """Whole-process wall and CPU seconds of ``ingest convert``."""
+    return process_seconds(_convert_cmd(inputs, out, workers, modality), _env())
+
+
+def halves(inputs: Path, scratch: Path) -> list[Path]:
+    """Two folders holding (hard links to) the first and the second half of the files in ``inputs``."""
+    files = sorted(p for p in inputs.iterdir() if p.is_file())
+    parts = [scratch / f"{inputs.name}_half{i}" for i in (0, 1)]
+    for i, part in enumerate(parts):
+        if not part.exists():
+            part.mkdir()
+            for f in files[i * len(files) // 2 : (i + 1) * len(files) // 2]:
+                os.link(f, part / f.name)
+    return parts
+
+
+def side_by_side(parts: list[Path], scratch: Path, kind: str, modality: str) -> tuple[float, float]:
+    """Wall and CPU seconds of two independent 1-worker ``ingest convert`` processes, one per half of
+    the input, run at the same time: what two cores of this machine give two processes that share
+    nothing (no scheduler, no merge), the ceiling of any 2-worker run here."""
+    cmds = [_convert_cmd(p, scratch / f"outs_{kind}_{i}", 1, modality) for i, p in enumerate(parts)]
+    return processes_seconds(cmds, _env())
 
 
 def baseline_process(kind: str, inputs: Path, tar: Path) -> tuple[float, float]:
@@ -272,6 +298,7 @@ def _cache(files: list[Path]) -> None:
 def bench_kind(report: Report, kind: str, inputs: Path, scratch: Path, repeats: int) -> None:
     """Baseline and ingest (1 and 2 workers), in-stage and whole-process, ``repeats`` times interleaved."""
     files = sorted(p for p in inputs.iterdir() if p.is_file())
+    parts = halves(inputs, scratch) if len(files) > 1 else []
     best: dict[str, float] = {}
     cpu: dict[str, float] = {}
     summaries: dict[int, dict] = {}
@@ -299,6 +326,9 @@ def bench_kind(report: Report, kind: str, inputs: Path, scratch: Path, repeats: 
         for workers in (1, 2):
             _cache(files)
             keep(f"whole_ingest_{workers}", *ingest_process(inputs, scratch / f"outp_{kind}_{workers}", workers, "ct"))
+        if parts:
+            _cache(files)
+            keep("whole_side_by_side", *side_by_side(parts, scratch, kind, "ct"))
     rate = {k: nb / v for k, v in best.items()}
     report.add(
         f"{kind}/baseline",
@@ -346,6 +376,16 @@ def bench_kind(report: Report, kind: str, inputs: Path, scratch: Path, repeats: 
             default=ConvertConfig(inputs=[], out="").compression,
             **zstd_levels(scratch / "out_dicom_1", summaries[1]["images"]),
         )
+    if parts:  # the machine's own 2-process ceiling, and how much of it the 2-worker run reaches.
+        report.ratio(f"whole:{kind}:side_by_side/ingest_1worker", rate["whole_side_by_side"], rate["whole_ingest_1"])
+        report.ratio(f"whole:{kind}:ingest_2workers/side_by_side", rate["whole_ingest_2"], rate["whole_side_by_side"])
+        report.add(
+            f"{kind}/side_by_side",
+            what="two independent 1-worker conversions, one per half of the input, at the same time",
+            whole_process_seconds=round(best["whole_side_by_side"], 3),
+            cores=round(cores["whole_side_by_side"], 2),
+            cpu_ms_per_image=round(cpu["whole_side_by_side"] / nb * 1e3, 3),
+        )
 
 
 def bench_volumes(report: Report, scratch: Path, n: int, n_nifti: int, size: int, repeats: int) -> None:
@@ -379,6 +419,9 @@ def bench_volumes(report: Report, scratch: Path, n: int, n_nifti: int, size: int
         report.ratios[f"{prefix}ingest_2workers/ingest_1worker"] = report.ratios[
             f"{prefix}dicom:ingest_2workers/ingest_1worker"
         ]
+    for key in ("side_by_side/ingest_1worker", "ingest_2workers/side_by_side"):
+        if f"whole:dicom:{key}" in report.ratios:
+            report.ratios[f"whole:{key}"] = report.ratios[f"whole:dicom:{key}"]
 
 
 def main(argv: list[str] | None = None) -> dict:
