@@ -322,3 +322,22 @@ def test_a_conversion_sets_the_allocator_before_its_workers_fork(tmp_path, helpe
     write_ct_series(tmp_path / "in", 4, size=32)
     helpers.convert([tmp_path / "in"], tmp_path / "out", workers=1)
     assert lifecycle._HEAP_KEPT == (sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc")
+
+
+def test_planning_pauses_the_collector_and_gives_it_back_as_it_was(tmp_path, helpers, monkeypatch):
+    import gc
+
+    from unimed.ingest import convert as conv
+
+    seen = []
+    real = conv.plan
+    monkeypatch.setattr(conv, "plan", lambda *a, **k: (seen.append(gc.isenabled()), real(*a, **k))[1])
+    write_ct_series(tmp_path / "in", 4, size=32)
+    helpers.convert([tmp_path / "in"], tmp_path / "out", workers=1)
+    assert seen == [False] and gc.isenabled()
+    gc.disable()
+    try:
+        helpers.convert([tmp_path / "in"], tmp_path / "out2", workers=1)
+        assert not gc.isenabled()  # a caller's own setting is kept
+    finally:
+        gc.enable()
