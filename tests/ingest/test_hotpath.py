@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -284,6 +285,7 @@ def test_nifti_inflated_in_one_call_reads_as_nibabel_reads_it(tmp_path):
         assert np.array_equal(nib.as_closest_canonical(fast).affine, nib.as_closest_canonical(slow).affine)
 
 
+_GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 _FAULTS = """
 import resource, sys
 import numpy as np
@@ -308,9 +310,7 @@ def test_the_converter_keeps_freed_buffers_instead_of_faulting_them_in_again():
         done = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True)
         return int(done.stdout)
 
-    import platform
-
-    if platform.libc_ver()[0] != "glibc":
+    if not _GLIBC:
         pytest.skip("not glibc")
     assert faults("default") >= 20 * 500  # of its 3,072 pages, about 1,000 handed back and faulted in again
     assert faults("keep") < 100  # reused: no page faulted in again
@@ -321,7 +321,7 @@ def test_a_conversion_sets_the_allocator_before_its_workers_fork(tmp_path, helpe
 
     write_ct_series(tmp_path / "in", 4, size=32)
     helpers.convert([tmp_path / "in"], tmp_path / "out", workers=1)
-    assert lifecycle._HEAP_KEPT == (sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc")
+    assert lifecycle._HEAP_KEPT == _GLIBC
 
 
 def test_planning_pauses_the_collector_and_gives_it_back_as_it_was(tmp_path, helpers, monkeypatch):

@@ -396,7 +396,8 @@ def plan(cfg: ConvertConfig, opts: Options, pool: Any = None) -> tuple[list[Task
 def _chunks(
     tasks: list[Task], prefix: str, chunk_mb: float, workers: int, sizes: list[int] | None = None, max_tasks: int = 4096
 ) -> list[ChunkSpec]:
-    """Cut the task list into chunks of about equal weight: at least 4 per worker, at most ``chunk_mb`` each.
+    """Cut the task list into chunks of about equal weight: at least 4 per worker, in whole rounds
+    of ``workers``, at most ``chunk_mb`` each.
 
     ``sizes`` (tasks per chunk, from the plan file of an interrupted run) cuts it as that run did, so
     a run resumed with another ``--workers`` redoes exactly the chunks that never completed.
