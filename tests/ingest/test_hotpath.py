@@ -316,12 +316,25 @@ def test_the_converter_keeps_freed_buffers_instead_of_faulting_them_in_again():
     assert faults("keep") < 100  # reused: no page faulted in again
 
 
-def test_a_conversion_sets_the_allocator_before_its_workers_fork(tmp_path, helpers):
-    from unimed.ingest import lifecycle
-
+def test_a_conversion_sets_the_allocator(tmp_path):
+    # In a fresh process: in this one an earlier test's conversion may have set it already.
     write_ct_series(tmp_path / "in", 4, size=32)
-    helpers.convert([tmp_path / "in"], tmp_path / "out", workers=1)
-    assert lifecycle._HEAP_KEPT == _GLIBC
+    code = (
+        "import sys\n"
+        "from unimed.ingest import lifecycle\n"
+        "from unimed.ingest.convert import ConvertConfig, convert\n"
+        "before = lifecycle._HEAP_KEPT\n"
+        "cfg = ConvertConfig(inputs=[sys.argv[1]], out=sys.argv[2], workers=2, progress=False)\n"
+        "convert(cfg, echo=lambda s: None)\n"
+        "print(before, lifecycle._HEAP_KEPT)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "in"), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.split() == ["False", str(_GLIBC)]
 
 
 def test_planning_pauses_the_collector_and_gives_it_back_as_it_was(tmp_path, helpers, monkeypatch):
