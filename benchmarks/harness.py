@@ -77,14 +77,7 @@ def process_seconds(cmd: list[str], env: dict[str, str] | None = None) -> tuple[
 
     The CPU figure counts the process and every process it waited for (its workers).
     """
-    import subprocess
-
-    cpu0, start = cpu_seconds(), time.perf_counter()
-    done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({done.returncode}): {done.stderr[-2000:]}")
-    return seconds, cpu
+    return processes_seconds([cmd], env)
 
 
 def processes_seconds(cmds: list[list[str]], env: dict[str, str] | None = None) -> tuple[float, float]:
