@@ -30,7 +30,7 @@ from typing import Any
 
 from unimed.errors import RejectError, UserError, safe_reason, shown_path
 from unimed.ingest.deid import load_uid_key, reject_uid
-from unimed.ingest.intensity import jpeg_encoder
+from unimed.ingest.intensity import LOOKUP, jpeg_encoder
 from unimed.ingest.labels import LabelTable
 from unimed.ingest.lifecycle import (
     REPORT_NOTE,
@@ -740,6 +740,8 @@ def _run(cfg: ConvertConfig, opts: Options, wopts: WriteOptions, key: bytes, ech
         bar = progress_bar(cfg.progress, sum(len(c.tasks) for c in todo))
         if todo and wopts.codec == "jpeg":
             echo(f"jpeg encoder: {jpeg_encoder().description}")
+        if todo and LOOKUP != "compiled":
+            echo("window lookup: numpy (unimed/ingest/_lut.c was not built at install; a C compiler builds it)")
         if cluster is not None:
             cluster.run_chunks(todo, (out, opts, wopts, key, report), bar, echo, cfg.show_paths)
         elif pool is None:
