@@ -16,7 +16,9 @@ The documented transform, applied in this order (tests check shards against it):
 
 Integer pixels go through steps 1-4 by a lookup table: the transform is computed once per stored
 value, and tables for fixed parameters (a Hounsfield or file window, the same rescale) are kept
-across slices (:func:`cached_table`). JPEG is encoded by the fastest encoder at hand, chosen once
+across slices (:func:`cached_table`). :func:`lookup` applies a table in a compiled loop
+(``unimed/ingest/_lut.c``, built at install where a C compiler is at hand; :data:`LOOKUP` says which
+loop runs), else by numpy's ``take``: the same bytes. JPEG is encoded by the fastest encoder at hand, chosen once
 (:func:`jpeg_encoder`: libjpeg-turbo through imagecodecs or simplejpeg, else Pillow;
 ``UNIMED_JPEG=pillow`` forces Pillow).
 
