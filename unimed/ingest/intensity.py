@@ -53,6 +53,7 @@ __all__ = [
     "cached_table",
     "value_table",
     "lookup",
+    "lookup_range",
     "LOOKUP",
     "JpegEncoder",
     "jpeg_encoder",
@@ -373,3 +374,15 @@ def lookup(arr: np.ndarray, table: np.ndarray, compiled: bool = True) -> np.ndar
     out = np.empty(arr.shape + table.shape[1:], dtype=table.dtype)
     _lut.take(np.ascontiguousarray(index), table, out, arr.dtype.itemsize)
     return out
+
+
+def lookup_range(arr: np.ndarray, lut: np.ndarray, lo: int) -> np.ndarray:
+    """``lut[v - lo]`` for each integer pixel ``v`` of ``arr`` (``lut`` covers ``arr.min()``..``arr.max()``
+    from ``lo``): a table built for one slice's own range. 8- and 16-bit pixels go through the compiled
+    loop of :func:`lookup`, the table spread over every bit pattern first."""
+    size = arr.dtype.itemsize
+    if LOOKUP == "compiled" and size <= 2 and arr.dtype.isnative:
+        full = np.zeros((1 << (8 * size), *lut.shape[1:]), lut.dtype)
+        full[np.arange(lo, lo + lut.shape[0]).astype(arr.dtype).view(f"u{size}")] = lut
+        return lookup(arr, full)
+    return np.take(lut, np.subtract(arr, lo, dtype=np.int32), axis=0)

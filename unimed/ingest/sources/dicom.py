@@ -305,12 +305,7 @@ def dicom_frame_to_display(
         lo, hi = int(arr.min()), int(arr.max())
         if hi - lo < (1 << 18):  # integer pixels: apply the transform once per value, then look up
             lut = transfer(np.arange(lo, hi + 1, dtype=np.float32) * np.float32(slope) + np.float32(icpt))
-            if intensity.LOOKUP == "compiled" and arr.dtype.itemsize <= 2 and arr.dtype.isnative:
-                # a table over every bit pattern, for the compiled loop
-                full = np.zeros((1 << (8 * arr.dtype.itemsize), *lut.shape[1:]), lut.dtype)
-                full[np.arange(lo, hi + 1).astype(arr.dtype).view(f"u{arr.dtype.itemsize}")] = lut
-                return intensity.lookup(arr, full), meta
-            return np.take(lut, np.subtract(arr, lo, dtype=np.int32), axis=0), meta
+            return intensity.lookup_range(arr, lut, lo), meta
     if modality_lut:
         from pydicom.pixels import apply_modality_lut
 
